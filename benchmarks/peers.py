@@ -1,0 +1,825 @@
+"""Peer implementations for the latency benchmark, run in their own virtualenv.
+
+The peer is openvino-xai's ViT-ReciproCAM. openvino-xai 1.1.0 pins ``openvino-dev==2024.4`` and ``numpy==1.*``,
+which clash with the main environment (OpenVINO 2026.x, NumPy 2.x), so it lives in a separate virtualenv
+(``.venv-peers`` by default) and is driven through a subprocess that exchanges a JSON file.
+
+Usage::
+
+    python benchmarks/peers.py setup                      # create .venv-peers and install the pinned peer set
+    python benchmarks/peers.py ovxai-vit --onnx vit.onnx --precision f32 --batch 1 --repeats 10 --json out.json
+    python benchmarks/peers.py selftest                   # random-weight timm ViT-B/16 -> ONNX -> ovxai-vit
+
+From the main benchmark::
+
+    from benchmarks.peers import peer_available, run_ovxai_vit
+
+    if peer_available(".venv-peers"):
+        records = run_ovxai_vit("vit.onnx", "f32", 1, 10, 2, 2, ".venv-peers")
+
+Only the standard library is imported at module level: the same file runs under the main interpreter (which has no
+openvino-xai) and under the peer venv's interpreter (which has no torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_VENV = REPO_ROOT / ".venv-peers"
+SCRIPT = Path(__file__).resolve()
+REEXEC_ENV = "XAI_ENGINE_PEERS_REEXEC"
+METHOD = "vit-reciprocam"
+BACKEND = "openvino"
+PRECISIONS = ("f32", "bf16")
+
+# The peer set that installs and works with Python 3.11 (checked with pip's resolver against the reachable index).
+# openvino-xai itself is installed with --no-deps: its metadata asks for opencv-python (the GUI build, which drags in
+# X11 libraries); opencv-python-headless provides the same ``cv2`` module. ``pip check`` therefore reports
+# "openvino-xai 1.1.0 requires opencv-python, which is not installed", which is expected and harmless.
+# openvino-dev is only the pinned metadata dependency (model-optimizer tools); openvino-xai imports ``openvino``.
+# No torch (openvino-xai only imports it if present) and no onnx (OpenVINO reads .onnx files natively).
+PEER_DEPENDENCIES: tuple[str, ...] = (
+    "openvino==2024.4.0",
+    "openvino-dev==2024.4.0",
+    "numpy==1.26.4",
+    "opencv-python-headless==4.10.0.84",
+    "scipy==1.14.1",
+    "matplotlib==3.9.2",
+    "tqdm==4.67.1",
+)
+PEER_PACKAGE = "openvino-xai==1.1.0"
+
+log = logging.getLogger("peers")
+
+
+class PeerError(RuntimeError):
+    """Raised when the peer venv is missing or the peer run fails; the message names the fix."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Helpers shared by both interpreters
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def venv_python(venv: str | os.PathLike[str]) -> Path:
+    """Return the path of the interpreter inside ``venv``.
+
+    Args:
+        venv: The virtualenv directory; a relative path is taken relative to the repository root.
+
+    Returns:
+        ``<venv>/bin/python`` (``Scripts/python.exe`` on Windows); it may not exist.
+    """
+    root = _venv_dir(venv)
+    if os.name == "nt":
+        return root / "Scripts" / "python.exe"
+    return root / "bin" / "python"
+
+
+def _venv_dir(venv: str | os.PathLike[str]) -> Path:
+    path = Path(venv).expanduser()
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    return path.absolute()
+
+
+def _setup_hint(venv: str | os.PathLike[str]) -> str:
+    """The command that creates ``venv``, for error messages."""
+    root = _venv_dir(venv)
+    suffix = "" if root == DEFAULT_VENV.absolute() else f" --venv {root}"
+    return f"python benchmarks/peers.py setup{suffix}"
+
+
+def _inside_venv(venv: str | os.PathLike[str]) -> bool:
+    """Tell whether the running interpreter is the one of ``venv``."""
+    try:
+        return Path(sys.prefix).resolve() == _venv_dir(venv).resolve()
+    except OSError:
+        return False
+
+
+def _child_env() -> dict[str, str]:
+    """Environment for the peer interpreter: the main env's PYTHONPATH/PYTHONHOME must not leak NumPy 2 into it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["PYTHONNOUSERSITE"] = "1"
+    return env
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Return the ``q``-th percentile of ``values`` with linear interpolation (NumPy's default method).
+
+    Args:
+        values: The samples; must not be empty.
+        q: The percentile, in [0, 100].
+
+    Returns:
+        The interpolated percentile.
+    """
+    if not values:
+        raise ValueError("percentile of an empty sequence")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def peer_available(venv: str | os.PathLike[str] = DEFAULT_VENV) -> bool:
+    """Tell whether the peer venv exists and its interpreter can import openvino-xai.
+
+    Args:
+        venv: The peer virtualenv directory.
+
+    Returns:
+        True when ``<venv>/bin/python -c "import openvino_xai"`` succeeds.
+    """
+    python = venv_python(venv)
+    if not python.exists():
+        return False
+    try:
+        proc = subprocess.run(
+            [str(python), "-c", "import openvino, openvino_xai"],
+            env=_child_env(),
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+def _main_openvino_version() -> str | None:
+    """Return the openvino version of the running (main) interpreter, without importing openvino."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("openvino")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# setup
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def setup_venv(venv: str | os.PathLike[str] = DEFAULT_VENV, force: bool = False) -> Path:
+    """Create the peer virtualenv and install the pinned openvino-xai set into it.
+
+    Idempotent: when the venv already imports openvino_xai nothing is installed (unless ``force``).
+
+    Args:
+        venv: The virtualenv directory to create or reuse.
+        force: Reinstall the pinned packages even if the venv already works.
+
+    Returns:
+        The venv's interpreter path.
+
+    Raises:
+        PeerError: When the interpreter is not Python 3.10-3.12 (no OpenVINO 2024.4 wheels) or pip fails.
+    """
+    root = _venv_dir(venv)
+    python = venv_python(root)
+    if not force and peer_available(root):
+        print(f"[peers] {root} already imports openvino_xai; nothing to do (use --force to reinstall)", flush=True)
+        _print_versions(python)
+        return python
+    if not (3, 10) <= sys.version_info[:2] <= (3, 12):
+        raise PeerError(
+            f"openvino 2024.4 has wheels for CPython 3.8-3.12 only, this is {sys.version.split()[0]}: "
+            "run the setup with a Python 3.10-3.12 interpreter"
+        )
+    if not python.exists():
+        print(f"[peers] creating venv {root} with {sys.executable}", flush=True)
+        _run([sys.executable, "-m", "venv", str(root)], "python -m venv")
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
+    print(f"[peers] installing {' '.join(PEER_DEPENDENCIES)}", flush=True)
+    _run([*pip, *PEER_DEPENDENCIES], "pip install of the openvino-xai dependencies")
+    print(f"[peers] installing {PEER_PACKAGE} (--no-deps: opencv-python-headless replaces opencv-python)", flush=True)
+    _run([*pip, "--no-deps", PEER_PACKAGE], f"pip install {PEER_PACKAGE}")
+    if not peer_available(root):
+        raise PeerError(
+            f"{root} still cannot import openvino_xai after installation; delete it and rerun {_setup_hint(root)}"
+        )
+    _print_versions(python)
+    freeze = subprocess.run(
+        [str(python), "-m", "pip", "freeze"], env=_child_env(), capture_output=True, text=True, check=False
+    )
+    (root / "peers-freeze.txt").write_text(freeze.stdout)
+    print(f"[peers] ready; installed set written to {root / 'peers-freeze.txt'}", flush=True)
+    return python
+
+
+def _run(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, env=_child_env(), check=False)
+    if proc.returncode != 0:
+        raise PeerError(f"{what} failed (exit {proc.returncode}); see pip's output above. Command: {' '.join(cmd)}")
+
+
+def _print_versions(python: Path) -> None:
+    code = (
+        "import importlib.metadata as m, sys\n"
+        "for d in ('openvino', 'openvino-dev', 'openvino-xai', 'numpy', 'opencv-python-headless'):\n"
+        "    try: print(f'[peers]   {d}=={m.version(d)}')\n"
+        "    except m.PackageNotFoundError: print(f'[peers]   {d}: not installed')\n"
+        "print(f'[peers]   python {sys.version.split()[0]}')\n"
+    )
+    subprocess.run([str(python), "-c", code], env=_child_env(), check=False)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ovxai-vit: driver side (main interpreter)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def run_ovxai_vit(
+    onnx_path: str | os.PathLike[str],
+    precision: str,
+    batch: int,
+    repeats: int,
+    warmup: int,
+    threads: int,
+    venv: str | os.PathLike[str] = DEFAULT_VENV,
+    *,
+    model_name: str | None = None,
+    target_layer: str | None = None,
+    all_targets: bool = False,
+    timeout: float | None = None,
+) -> list[dict[str, Any]]:
+    """Time openvino-xai's ViT-ReciproCAM on an ONNX classifier, in the peer venv.
+
+    Args:
+        onnx_path: ONNX classifier with input ``image`` (B,3,224,224) float32 and output ``logits`` (B,1000).
+        precision: ``"f32"`` or ``"bf16"``; set as OpenVINO's ``INFERENCE_PRECISION_HINT``.
+        batch: Requested batch; openvino-xai's white-box ViT-ReciproCAM only handles 1 (then batch 1 is timed and a
+            ``note`` is recorded).
+        repeats: Timed calls per measurement.
+        warmup: Untimed calls before each measurement.
+        threads: OpenVINO ``INFERENCE_NUM_THREADS``.
+        venv: The peer virtualenv (see :func:`setup_venv`).
+        model_name: Value of the ``model`` key; defaults to the ONNX file's stem.
+        target_layer: Friendly name of the residual Add before the last block; default: automatic detection.
+        all_targets: Also time the default ``explainer(x)`` call, which post-processes the maps of all classes.
+        timeout: Seconds before the subprocess is killed; None waits forever.
+
+    Returns:
+        The JSON records written by the peer (see the module docstring of the ``ovxai-vit`` subcommand), each with
+        ``main_openvino_version`` added.
+
+    Raises:
+        PeerError: When the venv is missing (the message says to run ``python benchmarks/peers.py setup``) or the
+            peer run fails (the message carries the end of its output).
+    """
+    _check_onnx(onnx_path)
+    python = venv_python(venv)
+    if not python.exists():
+        raise PeerError(f"openvino-xai venv missing at {_venv_dir(venv)}: run {_setup_hint(venv)}")
+    with tempfile.TemporaryDirectory(prefix="ovxai-") as tmp:
+        out = Path(tmp) / "records.json"
+        cmd = [
+            str(python),
+            str(SCRIPT),
+            "ovxai-vit",
+            "--onnx",
+            str(Path(onnx_path).absolute()),
+            "--precision",
+            precision,
+            "--batch",
+            str(batch),
+            "--repeats",
+            str(repeats),
+            "--warmup",
+            str(warmup),
+            "--threads",
+            str(threads),
+            "--json",
+            str(out),
+            "--venv",
+            str(_venv_dir(venv)),
+        ]
+        if model_name:
+            cmd += ["--model-name", model_name]
+        if target_layer:
+            cmd += ["--target-layer", target_layer]
+        if all_targets:
+            cmd.append("--all-targets")
+        env = _child_env()
+        env[REEXEC_ENV] = "1"
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise PeerError(f"openvino-xai run timed out after {timeout} s; raise timeout= or lower repeats") from exc
+        if proc.returncode != 0 or not out.exists():
+            tail = (proc.stdout + proc.stderr)[-4000:]
+            raise PeerError(f"openvino-xai run failed (exit {proc.returncode}):\n{tail}")
+        records: list[dict[str, Any]] = json.loads(out.read_text())
+    main_version = _main_openvino_version()
+    for record in records:
+        record["main_openvino_version"] = main_version
+    return records
+
+
+def _check_onnx(onnx_path: str | os.PathLike[str]) -> None:
+    if not Path(onnx_path).is_file():
+        raise PeerError(
+            f"ONNX model not found: {onnx_path}; export one (input 'image', output 'logits'), e.g. with "
+            "python benchmarks/peers.py selftest --keep-onnx PATH"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ovxai-vit: worker side (peer venv interpreter)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _time_calls(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
+    """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times; return the timed durations in ms."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def find_vit_target_layer(model: Any, k: int = 1) -> str:
+    """Find the residual-stream Add that feeds the k-th transformer block from the head (fallback detection).
+
+    openvino-xai's automatic search takes the ``2k+1``-th Add (from the output) whose two inputs are rank-3,
+    non-Constant and non-Convert. This fallback instead keeps only residual-stream Adds: rank-3 output, no
+    Constant/Convert input, exactly two consumers of which exactly one is an Add (the next residual Add) and the
+    other starts the block branch (the LayerNorm, MVN in OpenVINO). Each block contributes two of them (after
+    attention and after the MLP); the last block's MLP Add feeds only the final norm and is excluded. The ``2k``-th
+    from the end is therefore the input of the k-th block from the head.
+
+    Args:
+        model: The ``openvino.Model`` read from the ONNX file.
+        k: Block index from the head, 1-indexed (openvino-xai's ``k``).
+
+    Returns:
+        The friendly name to pass as openvino-xai's ``target_layer``.
+
+    Raises:
+        RuntimeError: When no such Add exists.
+    """
+    residual = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Add" or op.get_output_partial_shape(0).rank.get_length() != 3:
+            continue
+        sources = [i.get_source_output().get_node().get_type_name() for i in op.inputs()]
+        if any(s in ("Constant", "Convert") for s in sources):
+            continue
+        consumers = [t.get_node().get_type_name() for t in op.output(0).get_target_inputs()]
+        if len(consumers) == 2 and consumers.count("Add") == 1:
+            residual.append(op)
+    if len(residual) < 2 * k:
+        raise RuntimeError(
+            f"found {len(residual)} residual Add nodes, need {2 * k}: pass --target-layer with the friendly name of "
+            "the Add that feeds the last transformer block"
+        )
+    return residual[-2 * k].get_friendly_name()
+
+
+def ovxai_vit_worker(
+    onnx_path: str,
+    precision: str,
+    batch: int,
+    repeats: int,
+    warmup: int,
+    threads: int,
+    model_name: str | None = None,
+    target_layer: str | None = None,
+    all_targets: bool = False,
+) -> list[dict[str, Any]]:
+    """Time plain classification and openvino-xai's ViT-ReciproCAM explanation (runs inside the peer venv).
+
+    Both models are compiled on CPU with ``INFERENCE_PRECISION_HINT`` = ``precision`` and ``INFERENCE_NUM_THREADS`` =
+    ``threads``. openvino-xai compiles its XAI model itself with default properties (on a bf16-capable CPU that means
+    bf16), so the explainer is built with ``prepare_model=False``, the XAI model is generated with
+    ``explainer.method.prepare_model(load_model=False)`` and compiled here with the same properties, and the compiled
+    model is handed back to the method.
+
+    Args:
+        onnx_path: The ONNX classifier.
+        precision: ``"f32"`` or ``"bf16"``.
+        batch: Requested batch (openvino-xai's white-box ViT-ReciproCAM supports 1 only; see the ``note`` key).
+        repeats: Timed calls per measurement.
+        warmup: Untimed calls before each measurement.
+        threads: ``INFERENCE_NUM_THREADS``.
+        model_name: The ``model`` key; defaults to the ONNX file's stem.
+        target_layer: openvino-xai ``target_layer``; None tries its auto detection, then :func:`find_vit_target_layer`.
+        all_targets: Also time ``explainer(x)`` with its default ``targets=-1`` (maps of all classes post-processed).
+
+    Returns:
+        Records for ``openvino-xai-classify`` (plain inference), ``openvino-xai`` (the whole ``explainer(...)`` call,
+        one target class, default post-processing: resize to the input size + colormap), ``openvino-xai-infer`` (the
+        compiled XAI model's inference alone) and, with ``all_targets``, ``openvino-xai-all-targets``.
+    """
+    from importlib import metadata
+
+    import numpy as np
+    import openvino as ov
+    import openvino_xai as xai
+    from openvino_xai.explainer import ExplainMode
+
+    logging.getLogger("openvino_xai").setLevel(logging.WARNING)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": int(threads)}
+    name = model_name or Path(onnx_path).stem
+    core = ov.Core()
+    model = core.read_model(onnx_path)
+    input_name = model.input(0).get_any_name()
+    print(f"[ovxai] model {onnx_path}: input {input_name} {model.input(0).get_partial_shape()}", file=sys.stderr)
+
+    # --- openvino-xai white-box explainer (ViT-ReciproCAM) -----------------------------------------------------
+    def build(layer: str | None) -> Any:
+        return xai.Explainer(
+            model=model,
+            task=xai.Task.CLASSIFICATION,
+            explain_mode=ExplainMode.WHITEBOX,
+            explain_method=xai.Method.VITRECIPROCAM,
+            target_layer=layer,
+            embed_scaling=True,
+            device_name="CPU",
+            prepare_model=False,  # forwarded to ViTReciproCAM: we compile the XAI model ourselves, see below
+        )
+
+    t0 = time.perf_counter()
+    layer_source = "given" if target_layer else "openvino-xai auto"
+    try:
+        explainer = build(target_layer)
+    except RuntimeError as exc:
+        if target_layer:
+            raise
+        target_layer = find_vit_target_layer(model)
+        layer_source = "peers.find_vit_target_layer"
+        print(f"[ovxai] auto target layer failed ({exc}); retrying with {target_layer}", file=sys.stderr)
+        explainer = build(target_layer)
+    method = explainer.method
+    xai_model = method.prepare_model(load_model=False)  # inserts the XAI branch; output "saliency_map"
+    if target_layer is None:
+        from openvino_xai.inserter.model_parser import IRParserCls, ModelType
+
+        target_layer = IRParserCls.get_target_node(model, ModelType.TRANSFORMER, None, method._k).get_friendly_name()
+    xai_compiled = core.compile_model(xai_model, "CPU", config)
+    method._model_compiled = xai_compiled  # openvino-xai has no public hook for compile properties
+    xai_compile_s = time.perf_counter() - t0
+    print(
+        f"[ovxai] XAI branch after {target_layer} ({layer_source}), compiled in {xai_compile_s:.1f} s", file=sys.stderr
+    )
+
+    # --- plain classification, compiled the same way -----------------------------------------------------------
+    t0 = time.perf_counter()
+    cls_compiled = core.compile_model(model, "CPU", config)
+    cls_compile_s = time.perf_counter() - t0
+    effective = cls_compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    effective_xai = xai_compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    effective_threads = int(cls_compiled.get_property("INFERENCE_NUM_THREADS"))
+
+    rng = np.random.default_rng(0)
+    note = None
+    eff_batch = batch
+    x = rng.standard_normal((batch, 3, 224, 224), dtype=np.float32)
+    target = int(np.argmax(cls_compiled(x[:1])[0][0]))
+    if batch > 1:
+        try:
+            explainer(x, targets=[target])
+        except Exception as exc:  # noqa: BLE001 - any failure means batch > 1 is unsupported
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = lines[-1][:200] if lines else type(exc).__name__
+            note = (
+                f"openvino-xai white-box ViT-ReciproCAM does not support batch {batch} (its XAI branch reshapes to "
+                f"batch 1: {detail}); batch 1 timed instead"
+            )
+            print(f"[ovxai] {note}", file=sys.stderr)
+            eff_batch = 1
+            x = x[:1].copy()
+
+    print(f"[ovxai] timing classify: batch {eff_batch}, {precision}, {threads} threads", file=sys.stderr)
+    t_cls = _time_calls(lambda: cls_compiled(x), repeats, warmup)
+    print("[ovxai] timing explainer(...) call", file=sys.stderr)
+    t_exp = _time_calls(lambda: explainer(x, targets=[target]), repeats, warmup)
+    print("[ovxai] timing compiled XAI model inference", file=sys.stderr)
+    t_inf = _time_calls(lambda: xai_compiled(x), repeats, warmup)
+    t_all = None
+    if all_targets:
+        print("[ovxai] timing explainer(x) with all targets", file=sys.stderr)
+        t_all = _time_calls(lambda: explainer(x), repeats, warmup)
+
+    explanation = explainer(x, targets=[target])
+    sal = xai_compiled(x)["saliency_map"]
+    cls_median = statistics.median(t_cls)
+    common = {
+        "model": name,
+        "method": METHOD,
+        "backend": BACKEND,
+        "precision": precision,
+        "batch": eff_batch,
+        "requested_batch": batch,
+        "repeats": repeats,
+        "warmup": warmup,
+        "threads": threads,
+        "effective_threads": effective_threads,
+        "openvino_version": ov.get_version(),
+        "openvino_xai_version": metadata.version("openvino-xai"),
+        "numpy_version": np.__version__,
+    }
+
+    def record(impl: str, times: list[float], effective_precision: str, **extra: Any) -> dict[str, Any]:
+        median = statistics.median(times)
+        rec = {
+            **common,
+            "impl": impl,
+            "median_ms": round(median, 3),
+            "p95_ms": round(percentile(times, 95), 3),
+            "ratio_to_classify": round(median / cls_median, 3),
+            "effective_precision": effective_precision,
+            **extra,
+        }
+        if note:
+            rec["note"] = note
+        return rec
+
+    xai_extra = {
+        "target_layer": target_layer,
+        "target_layer_source": layer_source,
+        "compile_s": round(xai_compile_s, 2),
+        "saliency_map_shape": list(sal.shape),
+    }
+    records = [
+        record("openvino-xai-classify", t_cls, effective, compile_s=round(cls_compile_s, 2)),
+        record(
+            "openvino-xai",
+            t_exp,
+            effective_xai,
+            call="explainer(x, targets=[top1]) (resize to input + colormap)",
+            explanation_shape=list(explanation.shape),
+            **xai_extra,
+        ),
+        record("openvino-xai-infer", t_inf, effective_xai, call="compiled_xai_model(x)", **xai_extra),
+    ]
+    if t_all is not None:
+        records.append(
+            record(
+                "openvino-xai-all-targets",
+                t_all,
+                effective_xai,
+                call="explainer(x) (targets=-1: all classes resized + colormapped)",
+                **xai_extra,
+            )
+        )
+    return records
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# selftest (main interpreter)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def export_random_vit(path: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Export timm's ``vit_base_patch16_224`` with random weights and perturbed LayerNorms to ONNX (main env).
+
+    The LayerNorm weights/biases are perturbed (``1 + 0.1 * randn`` / ``0.1 * randn``): with identity LayerNorms
+    OpenVINO folds the affine part away and openvino-xai's walk from the residual Add to the end of the LayerNorm
+    (the bias Add) loses its anchor.
+
+    Args:
+        path: Destination ``.onnx`` file (written as a single file).
+        seed: Seed for the weights.
+
+    Returns:
+        The written path.
+    """
+    sys.path.insert(0, str(REPO_ROOT))
+    from engine._compat import ensure_torchvision
+
+    ensure_torchvision()
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
+    gen = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.weight.data = 1 + 0.1 * torch.randn(module.weight.shape, generator=gen)
+            module.bias.data = 0.1 * torch.randn(module.bias.shape, generator=gen)
+    torch.backends.mha.set_fastpath_enabled(False)
+    x = torch.randn(1, 3, 224, 224, generator=gen)
+    out = Path(path)
+    kwargs: dict[str, Any] = {
+        "input_names": ["image"],
+        "output_names": ["logits"],
+        "dynamic_axes": {"image": {0: "batch"}, "logits": {0: "batch"}},
+        "opset_version": 17,
+    }
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        try:
+            torch.onnx.export(model, x, str(out), dynamo=False, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - fall back to the dynamo exporter
+            print(f"[selftest] dynamo=False export failed ({exc}); retrying with dynamo=True", flush=True)
+            torch.onnx.export(model, x, str(out), dynamo=True, **kwargs)
+            import onnx
+
+            onnx.save(onnx.load(str(out)), str(out), save_as_external_data=False)
+    return out
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """Render records as a fixed-width text table."""
+    cols = ("model", "impl", "precision", "batch", "median_ms", "p95_ms", "ratio_to_classify", "effective_precision")
+    rows = [[str(r.get(c, "")) for c in cols] for r in records]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def selftest(
+    venv: str | os.PathLike[str] = DEFAULT_VENV,
+    precisions: Sequence[str] = PRECISIONS,
+    batch: int = 1,
+    repeats: int = 5,
+    warmup: int = 1,
+    threads: int | None = None,
+    keep_onnx: str | None = None,
+    json_out: str | None = None,
+) -> list[dict[str, Any]]:
+    """Build a random-weight ViT-B/16, export it to ONNX and time openvino-xai's ViT-ReciproCAM on it.
+
+    Args:
+        venv: The peer virtualenv.
+        precisions: Precisions to run.
+        batch: Requested batch.
+        repeats: Timed calls per measurement.
+        warmup: Untimed calls per measurement.
+        threads: ``INFERENCE_NUM_THREADS``; defaults to the CPU count.
+        keep_onnx: Write the ONNX file here and keep it; default: a temporary file.
+        json_out: Also write all records to this JSON file.
+
+    Returns:
+        All records.
+    """
+    if not peer_available(venv):
+        raise PeerError(f"openvino-xai venv missing or broken at {_venv_dir(venv)}: run {_setup_hint(venv)}")
+    threads = threads or os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="peers-selftest-") as tmp:
+        onnx_path = Path(keep_onnx) if keep_onnx else Path(tmp) / "vit_base_patch16_224.onnx"
+        t0 = time.perf_counter()
+        print(f"[selftest] exporting random-weight vit_base_patch16_224 to {onnx_path}", flush=True)
+        export_random_vit(onnx_path)
+        print(f"[selftest] exported in {time.perf_counter() - t0:.1f} s", flush=True)
+        records: list[dict[str, Any]] = []
+        for precision in precisions:
+            print(f"[selftest] openvino-xai ViT-ReciproCAM, {precision}, batch {batch}, {threads} threads", flush=True)
+            records += run_ovxai_vit(
+                onnx_path,
+                precision,
+                batch,
+                repeats,
+                warmup,
+                threads,
+                venv,
+                model_name="vit_base_patch16_224",
+                all_targets=True,
+            )
+    print(format_table(records))
+    first = records[0]
+    print(
+        f"openvino (peer venv) {first['openvino_version']}, openvino-xai {first['openvino_xai_version']}, "
+        f"openvino (main env) {first['main_openvino_version']}, target layer {records[1].get('target_layer')}"
+    )
+    for note in sorted({r["note"] for r in records if r.get("note")}):
+        print(f"note: {note}")
+    if json_out:
+        Path(json_out).write_text(json.dumps(records, indent=2))
+    return records
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peers.py",
+        description="Run peer XAI implementations (openvino-xai) in their own virtualenv for the latency benchmark.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("setup", help="create the peer venv and install openvino-xai 1.1.0 with its pinned set")
+    p.add_argument("--venv", default=str(DEFAULT_VENV), help="venv directory (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="reinstall even if the venv already imports openvino_xai")
+
+    p = sub.add_parser("ovxai-vit", help="time openvino-xai ViT-ReciproCAM vs plain classification on an ONNX model")
+    p.add_argument("--onnx", required=True, help="ONNX classifier: input 'image' (B,3,224,224), output 'logits'")
+    p.add_argument("--precision", choices=PRECISIONS, default="f32", help="INFERENCE_PRECISION_HINT")
+    p.add_argument("--batch", type=int, default=1, help="batch (openvino-xai white-box supports 1; see 'note')")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per measurement")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls before each measurement")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="INFERENCE_NUM_THREADS")
+    p.add_argument("--json", required=True, help="write the records to this JSON file")
+    p.add_argument("--model-name", default=None, help="the 'model' key (default: the ONNX file's stem)")
+    p.add_argument("--target-layer", default=None, help="friendly name of the residual Add before the last block")
+    p.add_argument("--all-targets", action="store_true", help="also time explainer(x) for all classes")
+    p.add_argument("--venv", default=str(DEFAULT_VENV), help="peer venv directory (default: %(default)s)")
+
+    p = sub.add_parser("selftest", help="export a random-weight timm ViT-B/16 and run ovxai-vit on it")
+    p.add_argument("--venv", default=str(DEFAULT_VENV), help="peer venv directory (default: %(default)s)")
+    p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="default: the CPU count")
+    p.add_argument("--keep-onnx", default=None, help="write the ONNX model here and keep it")
+    p.add_argument("--json", default=None, help="also write the records to this JSON file")
+    return parser
+
+
+def _reexec_in_venv(venv: str) -> None:
+    """Replace this process by the same command under the peer venv's interpreter."""
+    python = venv_python(venv)
+    if not python.exists():
+        raise PeerError(f"openvino-xai venv missing at {_venv_dir(venv)}: run {_setup_hint(venv)}")
+    if os.environ.get(REEXEC_ENV):
+        raise PeerError(
+            f"re-executed with {python} but sys.prefix is {sys.prefix}; the venv looks broken: delete it and run "
+            f"{_setup_hint(venv)}"
+        )
+    env = _child_env()
+    env[REEXEC_ENV] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(str(python), [str(python), str(SCRIPT), *sys.argv[1:]], env)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point.
+
+    Args:
+        argv: Arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status.
+    """
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "setup":
+            setup_venv(args.venv, force=args.force)
+        elif args.command == "ovxai-vit":
+            _check_onnx(args.onnx)
+            if not _inside_venv(args.venv):
+                _reexec_in_venv(args.venv)
+            records = ovxai_vit_worker(
+                args.onnx,
+                args.precision,
+                args.batch,
+                args.repeats,
+                args.warmup,
+                args.threads,
+                model_name=args.model_name,
+                target_layer=args.target_layer,
+                all_targets=args.all_targets,
+            )
+            Path(args.json).write_text(json.dumps(records, indent=2))
+            print(format_table(records))
+        elif args.command == "selftest":
+            precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+            selftest(
+                args.venv,
+                precisions,
+                args.batch,
+                args.repeats,
+                args.warmup,
+                args.threads,
+                args.keep_onnx,
+                args.json,
+            )
+    except PeerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

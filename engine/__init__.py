@@ -1,0 +1,30 @@
+"""xai-engine: a classifier's class and its saliency map from one graph, on torch, ONNX Runtime or OpenVINO.
+
+Importing this package imports no runtime (onnxruntime / openvino are imported when a backend opens).
+"""
+
+from .api import Engine, load
+from .artifact import Artifact, load_artifact
+from .errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    EngineError,
+    ImageDecodeError,
+    InputError,
+    UnsupportedModelError,
+)
+from .explanation import Explanation
+
+__all__ = [
+    "Artifact",
+    "ArtifactError",
+    "BackendUnavailableError",
+    "Engine",
+    "EngineError",
+    "Explanation",
+    "ImageDecodeError",
+    "InputError",
+    "UnsupportedModelError",
+    "load",
+    "load_artifact",
+]

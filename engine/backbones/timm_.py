@@ -1,0 +1,140 @@
+"""Adapters over timm models: ViT/DeiT (``VisionTransformer``) and CNNs (EfficientNet, ResNet, any other)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UnsupportedModelError
+from .base import AttentionWeights, BackboneAdapter, CNNHeadParts, ViTParts
+
+
+def _timm_attention_weights(attn: nn.Module) -> AttentionWeights | None:
+    """q/k/v weights of timm's ``Attention``; None when it has qk-norm, a gate or a post-attention norm."""
+    qkv = getattr(attn, "qkv", None)
+    if not isinstance(qkv, nn.Linear) or getattr(attn, "gate", None) is not None:
+        return None
+    for name in ("q_norm", "k_norm", "norm"):
+        if not isinstance(getattr(attn, name, nn.Identity()), nn.Identity):
+            return None
+    d = qkv.in_features
+    if qkv.out_features != 3 * d:
+        return None
+    w = qkv.weight
+    b = qkv.bias if qkv.bias is not None else torch.zeros(3 * d, dtype=w.dtype, device=w.device)
+    return AttentionWeights(w[:d], b[:d], w[d : 2 * d], b[d : 2 * d], w[2 * d :], b[2 * d :], attn.num_heads, attn.proj)
+
+
+class TimmViT(BackboneAdapter):
+    """timm ``VisionTransformer`` (ViT, DeiT, ...)."""
+
+    kind = "vit"
+    library = "timm"
+
+    def vit_parts(self) -> ViTParts:
+        m = self.model
+        block = m.blocks[-1]
+
+        def prefix(x: Tensor) -> Tensor:
+            x = m.patch_embed(x)
+            x = m._pos_embed(x)
+            x = m.patch_drop(x)
+            x = m.norm_pre(x)
+            for blk in m.blocks[:-1]:
+                x = blk(x)
+            return x
+
+        def head_tokens(y: Tensor) -> Tensor:
+            return m.forward_head(m.norm(y))
+
+        def head_cls(v: Tensor) -> Tensor:
+            return m.head(m.head_drop(m.fc_norm(m.norm(v))))
+
+        token_pool = m.global_pool == "token" and getattr(m, "attn_pool", None) is None
+        grid = tuple(m.patch_embed.grid_size)
+        return ViTParts(
+            prefix=prefix,
+            norm1=block.norm1,
+            attention=block.attn,
+            ls1=nn.Sequential(block.ls1, block.drop_path1),
+            norm2=block.norm2,
+            mlp=block.mlp,
+            ls2=nn.Sequential(block.ls2, block.drop_path2),
+            head_tokens=head_tokens,
+            head_cls=head_cls if token_pool else None,
+            attn_weights=_timm_attention_weights(block.attn),
+            grid=(int(grid[0]), int(grid[1])),
+            num_prefix_tokens=int(m.num_prefix_tokens),
+        )
+
+
+class TimmCNN(BackboneAdapter):
+    """Any timm CNN with the ``forward_features`` / ``forward_head`` split.
+
+    The fast ReciproCAM head split is known for EfficientNet-family (incl. MobileNetV2 and EfficientNet-Lite) and
+    ResNet-family models with average pooling; other CNNs use the reference path.
+
+    Layers: ``"features"`` is the output of ``forward_features`` (the last feature map). For EfficientNet-family
+    models ``"pre_head"`` is the output of the last block stage, before the 1x1 ``conv_head``; its head then starts
+    with a per-position non-linear map (conv, BatchNorm, activation).
+    """
+
+    kind = "cnn"
+    library = "timm"
+
+    def _is_efficientnet(self) -> bool:
+        return all(hasattr(self.model, a) for a in ("conv_head", "bn2", "blocks", "classifier"))
+
+    def _check_layer(self, layer: str) -> None:
+        if layer == "features" or (layer == "pre_head" and self._is_efficientnet()):
+            return
+        raise UnsupportedModelError(
+            f"timm/{self.name} has no ReciproCAM layer {layer!r}; use 'features'"
+            + (" or 'pre_head'." if self._is_efficientnet() else ".")
+        )
+
+    def cnn_features(self, x: Tensor, layer: str = "features") -> Tensor:
+        self._check_layer(layer)
+        m = self.model
+        if layer == "pre_head":
+            return m.blocks(m.bn1(m.conv_stem(x)))
+        return m.forward_features(x)
+
+    def _pre_head_pointwise(self) -> nn.Module:
+        return nn.Sequential(self.model.conv_head, self.model.bn2)
+
+    def cnn_head(self, a: Tensor, layer: str = "features") -> Tensor:
+        self._check_layer(layer)
+        if layer == "pre_head":
+            a = self._pre_head_pointwise()(a)
+        return self.model.forward_head(a)
+
+    def cnn_head_parts(self, layer: str = "features") -> CNNHeadParts | None:
+        self._check_layer(layer)
+        m = self.model
+        pool = getattr(m, "global_pool", None)
+        if getattr(pool, "pool_type", None) != "avg" or not (self._is_efficientnet() or hasattr(m, "fc")):
+            return None
+        classifier = m.get_classifier()
+        if not isinstance(classifier, nn.Linear):
+            return None
+        pointwise = self._pre_head_pointwise() if layer == "pre_head" else None
+        return CNNHeadParts(pointwise=pointwise, reduce="avg", post=classifier)
+
+
+def build_timm(name: str, num_classes: int, pretrained: bool, kwargs: dict) -> BackboneAdapter:
+    from .._compat import ensure_torchvision
+
+    ensure_torchvision()
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except RuntimeError as e:  # timm raises RuntimeError for unknown names
+        raise UnsupportedModelError(f"timm cannot build {name!r}: {e}. List names with timm.list_models().") from e
+    if isinstance(model, VisionTransformer):
+        return TimmViT(model, name, num_classes)
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+        return TimmCNN(model, name, num_classes)
+    raise UnsupportedModelError(f"timm/{name} is neither a VisionTransformer nor a CNN with forward_head.")

@@ -1,0 +1,118 @@
+"""Adapters over torchvision classifiers: ``vit_*`` (VisionTransformer), ResNets, VGGs and MobileNetV2."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UnsupportedModelError
+from .base import BackboneAdapter, CNNHeadParts, ViTParts, mha_self_attention, mha_weights
+
+
+class TorchvisionViT(BackboneAdapter):
+    kind = "vit"
+    library = "torchvision"
+
+    def vit_parts(self) -> ViTParts:
+        m = self.model
+        block = m.encoder.layers[-1]
+
+        def prefix(x: Tensor) -> Tensor:
+            x = m._process_input(x)
+            x = torch.cat([m.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+            x = m.encoder.dropout(x + m.encoder.pos_embedding)
+            for blk in m.encoder.layers[:-1]:
+                x = blk(x)
+            return x
+
+        def head_tokens(y: Tensor) -> Tensor:
+            return m.heads(m.encoder.ln(y)[:, 0])
+
+        def head_cls(v: Tensor) -> Tensor:
+            return m.heads(m.encoder.ln(v))
+
+        g = m.image_size // m.patch_size
+        return ViTParts(
+            prefix=prefix,
+            norm1=block.ln_1,
+            attention=mha_self_attention(block.self_attention),
+            ls1=block.dropout,
+            norm2=block.ln_2,
+            mlp=block.mlp,
+            ls2=nn.Identity(),
+            head_tokens=head_tokens,
+            head_cls=head_cls,
+            attn_weights=mha_weights(block.self_attention),
+            grid=(g, g),
+            num_prefix_tokens=1,
+        )
+
+
+class TorchvisionCNN(BackboneAdapter):
+    """ResNet (``layer4`` output), VGG (after ``avgpool``) and MobileNetV2 (``features`` output)."""
+
+    kind = "cnn"
+    library = "torchvision"
+
+    def _family(self) -> str:
+        m = self.model
+        if hasattr(m, "layer4") and hasattr(m, "fc"):
+            return "resnet"
+        if hasattr(m, "features") and hasattr(m, "avgpool") and isinstance(m.classifier, nn.Sequential):
+            return "vgg"
+        if hasattr(m, "features") and hasattr(m, "classifier"):
+            return "mobilenet"
+        raise UnsupportedModelError(
+            f"torchvision/{self.name}: unknown CNN family; supported: resnet*, vgg*, mobilenet_v2."
+        )
+
+    def cnn_features(self, x: Tensor, layer: str = "features") -> Tensor:
+        if layer != "features":
+            raise UnsupportedModelError(f"torchvision/{self.name} offers only the ReciproCAM layer 'features'.")
+        m = self.model
+        fam = self._family()
+        if fam == "resnet":
+            x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+            return m.layer4(m.layer3(m.layer2(m.layer1(x))))
+        if fam == "vgg":
+            return m.avgpool(m.features(x))
+        return m.features(x)
+
+    def cnn_head(self, a: Tensor, layer: str = "features") -> Tensor:
+        m = self.model
+        fam = self._family()
+        if fam == "resnet":
+            return m.fc(torch.flatten(m.avgpool(a), 1))
+        if fam == "vgg":
+            return m.classifier(torch.flatten(a, 1))
+        return m.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(a, 1), 1))
+
+    def cnn_head_parts(self, layer: str = "features") -> CNNHeadParts | None:
+        m = self.model
+        fam = self._family()
+        if fam == "resnet":
+            return CNNHeadParts(None, "avg", m.fc)
+        if fam == "vgg":
+            return CNNHeadParts(None, "flatten", m.classifier) if isinstance(m.classifier[0], nn.Linear) else None
+        return CNNHeadParts(None, "avg", m.classifier)
+
+
+def build_torchvision(name: str, num_classes: int, pretrained: bool, kwargs: dict) -> BackboneAdapter:
+    from .._compat import ensure_torchvision
+
+    ensure_torchvision()
+    import torchvision
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    try:
+        weights = "DEFAULT" if pretrained else None
+        model = torchvision.models.get_model(name, weights=weights, num_classes=num_classes, **kwargs)
+    except (ValueError, KeyError) as e:
+        raise UnsupportedModelError(
+            f"torchvision cannot build {name!r}: {e}. List names with torchvision.models.list_models()."
+        ) from e
+    if isinstance(model, VisionTransformer):
+        return TorchvisionViT(model, name, num_classes)
+    adapter = TorchvisionCNN(model, name, num_classes)
+    adapter._family()  # fail early on unsupported families
+    return adapter

@@ -1,0 +1,27 @@
+"""Exception types. Every message says what went wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class of every error raised on purpose by xai-engine."""
+
+
+class ImageDecodeError(EngineError, ValueError):
+    """An image could not be read: empty, truncated, not an image, too large, or of an unsupported layout."""
+
+
+class InputError(EngineError, ValueError):
+    """A tensor, array or argument handed to the engine has the wrong shape, dtype, range or value (NaN, inf)."""
+
+
+class ArtifactError(EngineError):
+    """An artifact folder is missing, incomplete, tampered with (hash mismatch) or made by other versions."""
+
+
+class BackendUnavailableError(EngineError, ImportError):
+    """A runtime backend was asked for but its Python package is not installed."""
+
+
+class UnsupportedModelError(EngineError, ValueError):
+    """A backbone or explainer cannot be built for the model that was asked for."""

@@ -1,0 +1,121 @@
+"""Export: the explain graph is traced ONCE to ONNX; OpenVINO IR is compiled from that ONNX.
+
+Conversions are named ``<target>_from_<source>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .artifact import INPUT_NAMES, ONNX, OPENVINO_BIN, OPENVINO_XML, OUTPUT_NAMES, WEIGHTS, Artifact, write_artifact
+from .errors import BackendUnavailableError, EngineError
+
+OPSET = 17
+
+
+@contextlib.contextmanager
+def _export_mode():
+    """Disable the fused MHA fast path (the TorchScript exporter cannot lower it) and quieten tracer chatter."""
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*TorchScript-based ONNX.*")
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+
+
+def onnx_from_module(
+    module: nn.Module,
+    path: str | os.PathLike,
+    input_size: tuple[int, int],
+    *,
+    with_target: bool = True,
+    batch: int = 2,
+) -> Path:
+    """Trace an explain graph (or a plain classifier) to ONNX with a dynamic batch dimension.
+
+    Explain graphs get inputs ``image`` (B,3,H,W) float32 and ``target`` (B,) int64 (-1 = predicted class) and
+    outputs ``logits`` and ``saliency``; a classifier (``with_target=False``) gets ``image`` -> ``logits``.
+    """
+    path = Path(path)
+    module = module.eval()
+    probe = next(module.parameters())
+    x = torch.zeros(batch, 3, *input_size, dtype=probe.dtype)
+    if with_target:
+        args = (x, torch.full((batch,), -1, dtype=torch.long))
+        names_in, names_out = list(INPUT_NAMES), list(OUTPUT_NAMES)
+    else:
+        args = (x,)
+        names_in, names_out = ["image"], ["logits"]
+    dynamic = {n: {0: "batch"} for n in names_in + names_out}
+    with _export_mode():
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=names_in,
+            output_names=names_out,
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return path
+
+
+def openvino_from_onnx(onnx_path: str | os.PathLike, xml_path: str | os.PathLike) -> Path:
+    """Convert an ONNX file to OpenVINO IR (``.xml`` + ``.bin``), keeping fp32 weights (no fp16 compression)."""
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise BackendUnavailableError(
+            "OpenVINO export needs the openvino package: pip install 'xai-engine[openvino]'"
+        ) from e
+    model = ov.convert_model(str(onnx_path))
+    ov.save_model(model, str(xml_path), compress_to_fp16=False)
+    return Path(xml_path)
+
+
+def export_artifact(artifact: Artifact, out_dir: str | os.PathLike, formats: tuple[str, ...] = ("onnx",)) -> Artifact:
+    """Write a new artifact folder holding the source artifact's files plus the exported graph(s).
+
+    Args:
+        artifact: the source (a loaded artifact folder or one made in memory by :func:`engine.create.create_artifact`).
+        out_dir: the new artifact folder.
+        formats: any of ``"onnx"`` and ``"openvino"`` (OpenVINO is compiled from the ONNX, which is kept).
+    """
+    from .backends.torch_ import graph_from_artifact
+
+    unknown = set(formats) - {"onnx", "openvino"}
+    if unknown:
+        raise EngineError(f"unknown export format(s) {sorted(unknown)}; choose onnx and/or openvino.")
+    graph = graph_from_artifact(artifact)
+    input_size = tuple(artifact.preprocess.input_size)
+    with tempfile.TemporaryDirectory(prefix="xai-export-") as tmp:
+        files = {name: artifact.file(name) for name in artifact.manifest.get("files", {}) if name == WEIGHTS}
+        files.update({k: v for k, v in artifact.extra_files.items() if k == WEIGHTS})
+        onnx_path = onnx_from_module(graph, Path(tmp) / ONNX, input_size)
+        files[ONNX] = onnx_path
+        if "openvino" in formats:
+            xml = openvino_from_onnx(onnx_path, Path(tmp) / OPENVINO_XML)
+            files[OPENVINO_XML] = xml
+            files[OPENVINO_BIN] = xml.with_suffix(".bin")
+        manifest = dict(artifact.manifest)
+        classes = artifact.backbone.num_classes
+        h, w = graph.explainer.grid
+        manifest["io"] = {
+            "inputs": {"image": ["batch", 3, *input_size], "target": ["batch"]},
+            "outputs": {"logits": ["batch", classes], "saliency": ["batch", h, w]},
+            "target_default": -1,
+            "onnx_opset": OPSET,
+        }
+        return write_artifact(manifest, out_dir, files)

@@ -13,7 +13,7 @@ from .backbones import WEIGHT_PACKAGES, build_backbone, parse_spec
 from .config import BackboneConfig, ExplainerConfig, PreprocessConfig
 from .errors import ArtifactError, InputError
 from .explainers import get_explainer_class
-from .graph import build_graph
+from .graph import build_graph, load_weights
 
 
 def default_preprocess(adapter) -> PreprocessConfig:
@@ -147,11 +147,11 @@ def _load_user_weights(adapter, path: str | os.PathLike) -> None:
         state = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise InputError(f"{path} is not a readable safetensors file ({e}).") from e
-    result = adapter.model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    problems = load_weights(adapter.model, state)
+    if problems:
         raise InputError(
-            f"{path} does not fit {adapter.library}/{adapter.name}: missing keys {result.missing_keys[:5]}, "
-            f"unexpected keys {result.unexpected_keys[:5]}. Check the backbone name and num_classes."
+            f"{path} does not fit {adapter.library}/{adapter.name}: {problems}. Check the backbone name and "
+            "--num-classes."
         )
 
 

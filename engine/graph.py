@@ -43,6 +43,17 @@ class ClassifyGraph(nn.Module):
         return self.backbone(image)
 
 
+def load_weights(module: nn.Module, state: dict[str, Tensor]) -> str | None:
+    """Load a state dict into a module; returns None if it fit, else a short description of what did not fit."""
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        return str(e).splitlines()[-1].strip()
+    if result.missing_keys or result.unexpected_keys:
+        return f"missing keys {result.missing_keys[:5]}, unexpected keys {result.unexpected_keys[:5]}"
+    return None
+
+
 def build_graph(
     backbone: BackboneConfig | BackboneAdapter, explainer: ExplainerConfig, input_size: tuple[int, int] = (224, 224)
 ) -> ExplainGraph:

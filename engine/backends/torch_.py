@@ -7,7 +7,7 @@ import torch
 
 from ..artifact import WEIGHTS, Artifact
 from ..errors import ArtifactError, EngineError
-from ..graph import ExplainGraph, build_graph
+from ..graph import ExplainGraph, build_graph, load_weights
 from .base import Backend
 
 
@@ -28,12 +28,11 @@ def graph_from_artifact(artifact: Artifact, *, allow_version_mismatch: bool = Fa
             state = load_file(str(artifact.file(WEIGHTS)))
         except Exception as e:  # noqa: BLE001  (safetensors raises several types for damaged files)
             raise ArtifactError(f"{artifact.file(WEIGHTS)} is not a readable safetensors file ({e}).") from e
-        result = graph.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
+        problems = load_weights(graph, state)
+        if problems:
             raise ArtifactError(
-                f"{artifact.file(WEIGHTS)} does not fit {bb.spec} + {artifact.method}: missing "
-                f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}. The artifact was made for "
-                "another architecture or version: re-create it."
+                f"{artifact.file(WEIGHTS)} does not fit {bb.spec} + {artifact.method}: {problems}. The artifact was "
+                "made for another architecture or version: re-create it."
             )
     return graph.eval()
 

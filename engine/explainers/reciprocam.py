@@ -177,7 +177,8 @@ class ReciproCAM(Explainer):
         kernel: ``"gaussian"`` (3x3) or ``"dirac"``.
         impl: ``"fast"`` (distinct-mask-value algebra) or ``"reference"`` (N masked copies through the real head).
         layer: which feature map to mask: ``"features"`` (the last one) or a backbone-specific earlier one
-            (``"pre_head"`` for timm EfficientNets: before the 1x1 head conv, so the head is non-linear per position).
+            (``"pre_head"`` for timm EfficientNets: before the 1x1 head conv, so the head is non-linear per position;
+            on real EfficientNet weights the masked copies there barely differ, so prefer ``"features"``).
         chunk_size: images per reference batch in eager mode.
         """
 

@@ -175,6 +175,7 @@ class Engine:
                     saliency_lowres=lowres[i],
                     image=decoded[i] if keep_image else None,
                     source=sources[i],
+                    crop_box=meta.crop_box,
                 )
             )
         t4 = time.perf_counter()

@@ -112,6 +112,8 @@ class Explanation:
         saliency_lowres: the map at the resolution the explainer produced it, ``(h, w)``.
         image: the RGB image the map belongs to (same size as ``saliency``), or ``None`` if it was not kept.
         source: where the image came from (a path), if known.
+        crop_box: (left, top, right, bottom) of the region of the image the network saw, in image pixels; the
+            overlay leaves the image untinted outside it (the map is 0 there by construction, not by evidence).
     """
 
     saliency: np.ndarray
@@ -126,6 +128,7 @@ class Explanation:
     saliency_lowres: np.ndarray
     image: Image.Image | None = field(default=None, repr=False)
     source: str | None = None
+    crop_box: tuple[float, float, float, float] | None = None
 
     def heatmap(self, colormap: str = "jet") -> Image.Image:
         """Colour the saliency map.
@@ -172,7 +175,14 @@ class Explanation:
                 f"The image is {self.image.size[0]}x{self.image.size[1]} but the saliency map is "
                 f"{heat.size[0]}x{heat.size[1]}. Pass the image the map was computed for (after EXIF rotation)."
             )
-        return Image.blend(self.image.convert("RGB"), heat, float(alpha))
+        blended = Image.blend(self.image.convert("RGB"), heat, float(alpha))
+        if self.crop_box is None:
+            return blended
+        left, top, right, bottom = (int(round(v)) for v in self.crop_box)
+        out = self.image.convert("RGB")
+        box = (max(0, left), max(0, top), min(out.size[0], right), min(out.size[1], bottom))
+        out.paste(blended.crop(box), box[:2])
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary, without arrays or images.
@@ -193,6 +203,7 @@ class Explanation:
             "source": None if self.source is None else str(self.source),
             "saliency_shape": [int(v) for v in np.shape(self.saliency)],
             "saliency_lowres_shape": [int(v) for v in np.shape(self.saliency_lowres)],
+            "crop_box": None if self.crop_box is None else [float(v) for v in self.crop_box],
         }
 
     def save(self, out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:

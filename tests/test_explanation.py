@@ -150,6 +150,7 @@ def test_to_dict_is_json_and_complete() -> None:
         "source": "cat.jpg",
         "saliency_shape": [30, 40],
         "saliency_lowres_shape": [7, 7],
+        "crop_box": None,
     }
 
 
@@ -220,3 +221,27 @@ def test_save_rejects_bad_stem(tmp_path: Path, stem: str) -> None:
     with pytest.raises(InputError, match="stem"):
         _explanation().save(tmp_path, stem)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overlay_leaves_the_unseen_border_untinted():
+    image = Image.new("RGB", (40, 20), (10, 200, 30))
+    sal = np.zeros((20, 40), dtype=np.float32)
+    sal[5:15, 15:25] = 1.0
+    exp = Explanation(
+        saliency=sal,
+        class_id=0,
+        class_name="a",
+        score=1.0,
+        target=0,
+        topk=[(0, "a", 1.0)],
+        timings={},
+        method="m",
+        backend="b",
+        saliency_lowres=np.ones((2, 2), np.float32),
+        image=image,
+        crop_box=(10.0, 0.0, 30.0, 20.0),
+    )
+    out = np.asarray(exp.overlay(alpha=0.5))
+    assert (out[:, :10] == (10, 200, 30)).all() and (out[:, 30:] == (10, 200, 30)).all()
+    assert not (out[:, 10:30] == (10, 200, 30)).all(axis=-1).any(), "inside the box every pixel is tinted"
+    assert exp.to_dict()["crop_box"] == [10.0, 0.0, 30.0, 20.0]

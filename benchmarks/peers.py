@@ -63,8 +63,6 @@ PEER_DEPENDENCIES: tuple[str, ...] = (
 )
 PEER_PACKAGE = "openvino-xai==1.1.0"
 
-log = logging.getLogger("peers")
-
 
 class PeerError(RuntimeError):
     """Raised when the peer venv is missing or the peer run fails; the message names the fix."""
@@ -98,7 +96,7 @@ def _venv_dir(venv: str | os.PathLike[str]) -> Path:
 
 
 def _setup_hint(venv: str | os.PathLike[str]) -> str:
-    """The command that creates ``venv``, for error messages."""
+    """Return the command that creates ``venv``, for error messages."""
     root = _venv_dir(venv)
     suffix = "" if root == DEFAULT_VENV.absolute() else f" --venv {root}"
     return f"python benchmarks/peers.py setup{suffix}"
@@ -259,6 +257,7 @@ def run_ovxai_vit(
     target_layer: str | None = None,
     all_targets: bool = False,
     timeout: float | None = None,
+    verbose: bool = False,
 ) -> list[dict[str, Any]]:
     """Time openvino-xai's ViT-ReciproCAM on an ONNX classifier, in the peer venv.
 
@@ -275,15 +274,18 @@ def run_ovxai_vit(
         target_layer: Friendly name of the residual Add before the last block; default: automatic detection.
         all_targets: Also time the default ``explainer(x)`` call, which post-processes the maps of all classes.
         timeout: Seconds before the subprocess is killed; None waits forever.
+        verbose: Stream the peer's progress (stderr) to this process's stderr instead of capturing it.
 
     Returns:
-        The JSON records written by the peer (see the module docstring of the ``ovxai-vit`` subcommand), each with
-        ``main_openvino_version`` added.
+        The JSON records written by the peer (see :func:`ovxai_vit_worker`), each with ``main_openvino_version``
+        (the main interpreter's openvino) added.
 
     Raises:
         PeerError: When the venv is missing (the message says to run ``python benchmarks/peers.py setup``) or the
             peer run fails (the message carries the end of its output).
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     _check_onnx(onnx_path)
     python = venv_python(venv)
     if not python.exists():
@@ -320,11 +322,19 @@ def run_ovxai_vit(
         env = _child_env()
         env[REEXEC_ENV] = "1"
         try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+            proc = subprocess.run(
+                cmd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=None if verbose else subprocess.PIPE,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
         except subprocess.TimeoutExpired as exc:
             raise PeerError(f"openvino-xai run timed out after {timeout} s; raise timeout= or lower repeats") from exc
         if proc.returncode != 0 or not out.exists():
-            tail = (proc.stdout + proc.stderr)[-4000:]
+            tail = ((proc.stdout or "") + (proc.stderr or "see the peer's output above"))[-4000:]
             raise PeerError(f"openvino-xai run failed (exit {proc.returncode}):\n{tail}")
         records: list[dict[str, Any]] = json.loads(out.read_text())
     main_version = _main_openvino_version()
@@ -346,15 +356,34 @@ def _check_onnx(onnx_path: str | os.PathLike[str]) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _time_calls(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
-    """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times; return the timed durations in ms."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int, log_to: Any = None
+) -> dict[str, list[float]]:
+    """Time several callables round-robin, so that load changes on a shared machine hit all of them alike.
+
+    Each callable is first called ``warmup`` times untimed; then ``repeats`` rounds call each one once, timed.
+
+    Args:
+        fns: Named zero-argument callables.
+        repeats: Timed rounds.
+        warmup: Untimed calls per callable before the first round.
+        log_to: A text stream for per-round progress (None: silent).
+
+    Returns:
+        The durations in ms, per name, in round order.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+        if log_to is not None:
+            summary = ", ".join(f"{name} {t[-1]:.0f} ms" for name, t in times.items())
+            print(f"[ovxai] round {round_ + 1}/{repeats}: {summary}", file=log_to, flush=True)
     return times
 
 
@@ -512,16 +541,20 @@ def ovxai_vit_worker(
             eff_batch = 1
             x = x[:1].copy()
 
-    print(f"[ovxai] timing classify: batch {eff_batch}, {precision}, {threads} threads", file=sys.stderr)
-    t_cls = _time_calls(lambda: cls_compiled(x), repeats, warmup)
-    print("[ovxai] timing explainer(...) call", file=sys.stderr)
-    t_exp = _time_calls(lambda: explainer(x, targets=[target]), repeats, warmup)
-    print("[ovxai] timing compiled XAI model inference", file=sys.stderr)
-    t_inf = _time_calls(lambda: xai_compiled(x), repeats, warmup)
-    t_all = None
+    fns: dict[str, Callable[[], object]] = {
+        "classify": lambda: cls_compiled(x),
+        "explain": lambda: explainer(x, targets=[target]),
+        "infer": lambda: xai_compiled(x),
+    }
     if all_targets:
-        print("[ovxai] timing explainer(x) with all targets", file=sys.stderr)
-        t_all = _time_calls(lambda: explainer(x), repeats, warmup)
+        fns["all-targets"] = lambda: explainer(x)
+    print(
+        f"[ovxai] timing {', '.join(fns)} interleaved: batch {eff_batch}, {precision}, {threads} threads, "
+        f"{warmup} warmup + {repeats} rounds",
+        file=sys.stderr,
+    )
+    times = time_interleaved(fns, repeats, warmup, log_to=sys.stderr)
+    t_cls, t_exp, t_inf, t_all = times["classify"], times["explain"], times["infer"], times.get("all-targets")
 
     explanation = explainer(x, targets=[target])
     sal = xai_compiled(x)["saliency_map"]
@@ -540,6 +573,7 @@ def ovxai_vit_worker(
         "openvino_version": ov.get_version(),
         "openvino_xai_version": metadata.version("openvino-xai"),
         "numpy_version": np.__version__,
+        "timing": "interleaved rounds (classify, explain, infer[, all-targets])",
     }
 
     def record(impl: str, times: list[float], effective_precision: str, **extra: Any) -> dict[str, Any]:
@@ -596,9 +630,10 @@ def ovxai_vit_worker(
 def export_random_vit(path: str | os.PathLike[str], seed: int = 0) -> Path:
     """Export timm's ``vit_base_patch16_224`` with random weights and perturbed LayerNorms to ONNX (main env).
 
-    The LayerNorm weights/biases are perturbed (``1 + 0.1 * randn`` / ``0.1 * randn``): with identity LayerNorms
-    OpenVINO folds the affine part away and openvino-xai's walk from the residual Add to the end of the LayerNorm
-    (the bias Add) loses its anchor.
+    The LayerNorm weights/biases are perturbed (``1 + 0.1 * randn`` / ``0.1 * randn``). openvino-xai walks from the
+    residual Add through the LayerNorm (MVN -> Multiply -> Add) and stops at the first Add, the LayerNorm's bias.
+    With identity LayerNorms, ``ov.convert_model`` folds the Multiply/Add away and the walk runs into the attention
+    ("Number of normalization inputs > 1!"). ``ov.Core().read_model`` (used by ``ovxai-vit``) keeps them either way.
 
     Args:
         path: Destination ``.onnx`` file (written as a single file).
@@ -632,6 +667,7 @@ def export_random_vit(path: str | os.PathLike[str], seed: int = 0) -> Path:
     }
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
         try:
             torch.onnx.export(model, x, str(out), dynamo=False, **kwargs)
         except Exception as exc:  # noqa: BLE001 - fall back to the dynamo exporter
@@ -640,6 +676,7 @@ def export_random_vit(path: str | os.PathLike[str], seed: int = 0) -> Path:
             import onnx
 
             onnx.save(onnx.load(str(out)), str(out), save_as_external_data=False)
+            out.with_name(out.name + ".data").unlink(missing_ok=True)
     return out
 
 
@@ -701,6 +738,7 @@ def selftest(
                 venv,
                 model_name="vit_base_patch16_224",
                 all_targets=True,
+                verbose=True,
             )
     print(format_table(records))
     first = records[0]
@@ -756,7 +794,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _reexec_in_venv(venv: str) -> None:
+def _reexec_in_venv(venv: str, argv: Sequence[str]) -> None:
     """Replace this process by the same command under the peer venv's interpreter."""
     python = venv_python(venv)
     if not python.exists():
@@ -770,7 +808,7 @@ def _reexec_in_venv(venv: str) -> None:
     env[REEXEC_ENV] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(str(python), [str(python), str(SCRIPT), *sys.argv[1:]], env)
+    os.execve(str(python), [str(python), str(SCRIPT), *argv], env)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -782,6 +820,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
         if args.command == "setup":
@@ -789,7 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "ovxai-vit":
             _check_onnx(args.onnx)
             if not _inside_venv(args.venv):
-                _reexec_in_venv(args.venv)
+                _reexec_in_venv(args.venv, argv)
             records = ovxai_vit_worker(
                 args.onnx,
                 args.precision,

@@ -11,9 +11,11 @@ oracle, and the path for heads the fast form does not cover. ``impl="fast"`` (th
 
 * ViT (METHODS.md section 1): masking is a per-token scalar, so it commutes with the k/v projections; with a head that
   reads only the class token, only the class-token query matters. The tail then runs on N vectors, not N x T tokens.
-* CNN: the masks take only a few distinct values per position (0, 1/16, 1/8, 1/4 and 1 for the unmasked copy). The
-  per-position part of the head is evaluated once per distinct value, and each copy's pooled features are a gather-sum
-  of those; a flatten-then-linear head (VGG) sums per-position contributions of its first Linear the same way.
+* CNN: the masks take only a few distinct values per position (0, 1/16, 1/8, 1/4 and 1 for the unmasked copy). A
+  per-position non-linear part of the head is evaluated once per distinct value, and each copy's pooled features are
+  a one-hot gather-sum of those; a flatten-then-linear head (VGG) sums per-position contributions of its first Linear
+  the same way. With no per-position non-linearity (the usual pool-then-classify head) the masks act linearly: the
+  N pooled vectors are one (N+1, hw) @ (hw, C) matmul.
 """
 
 from __future__ import annotations
@@ -229,13 +231,19 @@ class ReciproCAM(Explainer):
         parts = self.parts
         b, c, h, w = a.shape
         k = self.values.shape[0]
+        if parts.pointwise is None and parts.reduce == "avg":
+            # no per-position non-linearity: the masks act linearly, one (N+1, hw) @ (hw, C) matmul per image
+            pooled = torch.matmul(self.masks, a.flatten(2).transpose(1, 2)) / (h * w)  # (B, N+1, C)
+            return parts.post(pooled)
         scaled = a[:, None] * self.values.view(1, k, 1, 1, 1)  # (B, K, C, h, w): each distinct mask value once
         if parts.pointwise is not None:
             scaled = parts.pointwise(scaled.reshape(b * k, c, h, w))
             scaled = scaled.reshape(b, k, *scaled.shape[1:])
         per_pos = scaled.flatten(3)  # (B, K, C', hw)
         if parts.reduce == "avg":
-            pooled = torch.einsum("npk,bkcp->bnc", self.onehot, per_pos) / (h * w)
+            # each copy's pooled features: a one-hot gather-sum over (position, distinct value), as one matmul
+            gathered = per_pos.permute(0, 3, 1, 2).reshape(b, h * w * k, -1)  # (B, hw*K, C')
+            pooled = torch.matmul(self.onehot.reshape(self.onehot.shape[0], -1), gathered) / (h * w)
             return parts.post(pooled)
         first = parts.post[0]  # flatten then Linear: sum the per-position contributions of the first layer
         contrib = torch.matmul(per_pos.permute(3, 0, 1, 2).reshape(h * w, b * k, -1), self.flat_weight)  # (hw, BK, O)

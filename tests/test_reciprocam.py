@@ -178,7 +178,7 @@ def test_cnn_fast_uses_few_distinct_mask_values(lite0):
     assert torch.equal(rebuilt, g.explainer.masks)
 
 
-@pytest.mark.parametrize("name", ["resnet50", "vgg16"])
+@pytest.mark.parametrize("name", ["resnet50", "vgg16", "mobilenet_v2"])
 def test_cnn_fast_matches_reference_torchvision(name):
     bb = random_backbone("torchvision", name)
     fast, ref = _pair(bb, "reciprocam")

@@ -9,6 +9,7 @@ Usage::
     python benchmarks/peers.py setup                      # create .venv-peers and install the pinned peer set
     python benchmarks/peers.py ovxai-vit --onnx vit.onnx --precision f32 --batch 1 --repeats 10 --json out.json
     python benchmarks/peers.py selftest                   # random-weight timm ViT-B/16 -> ONNX -> ovxai-vit
+    python benchmarks/peers.py ovxai-rise --onnx cls.onnx --inputs in.npz --out out.npz --num-masks 2000
 
 From the main benchmark::
 
@@ -16,6 +17,10 @@ From the main benchmark::
 
     if peer_available(".venv-peers"):
         records = run_ovxai_vit("vit.onnx", "f32", 1, 10, 2, 2, ".venv-peers")
+        saliency, meta = run_ovxai_rise("cls.onnx", images, targets, num_masks=2000)  # quality baseline
+
+``ovxai-rise`` is the second peer: openvino-xai's black-box RISE, used as a saliency-map baseline (not timed against
+the engine); ``IN.npz`` holds already-normalised ``images`` (N,3,224,224) float32 and ``targets`` (N,) int64.
 
 Only the standard library is imported at module level: the same file runs under the main interpreter (which has no
 openvino-xai) and under the peer venv's interpreter (which has no torch).
@@ -623,6 +628,266 @@ def ovxai_vit_worker(
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# ovxai-rise: driver side (main interpreter)
+# --------------------------------------------------------------------------------------------------------------------
+
+RISE_METHOD = "rise"
+RISE_NORMALISATION = "sum_i softmax(model(x * M_i))[target] * M_i / (num_masks * prob)"
+
+
+def run_ovxai_rise(
+    onnx_path: str | os.PathLike[str],
+    images: Any,
+    targets: Any,
+    *,
+    num_masks: int = 2000,
+    prob: float = 0.5,
+    num_cells: int = 8,
+    seed: int = 0,
+    threads: int | None = None,
+    precision: str = "f32",
+    venv: str | os.PathLike[str] = DEFAULT_VENV,
+    timeout: float | None = None,
+    verbose: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """Compute openvino-xai's black-box RISE saliency maps in the peer venv (a quality-benchmark baseline).
+
+    Args:
+        onnx_path: ONNX classifier with input ``image`` (B,3,224,224) float32 (normalised) and output ``logits``
+            (B,1000).
+        images: ``np.ndarray`` (N,3,224,224) float32, already normalised for the model.
+        targets: ``np.ndarray`` (N,) of class indices, one to explain per image.
+        num_masks: Random masks per image (openvino-xai's BALANCE preset uses 5000).
+        prob: Probability that a low-resolution mask cell is kept.
+        num_cells: Mask grid cells per side (upsampled to the input size; BALANCE preset: 8).
+        seed: Seed of openvino-xai's mask generator; reset per image, so every image sees the same masks.
+        threads: OpenVINO ``INFERENCE_NUM_THREADS``; None: the CPU count.
+        precision: ``"f32"`` or ``"bf16"``; set as OpenVINO's ``INFERENCE_PRECISION_HINT``.
+        venv: The peer virtualenv (see :func:`setup_venv`).
+        timeout: Seconds before the subprocess is killed; None waits forever.
+        verbose: Stream the peer's progress (stderr) to this process's stderr instead of capturing it.
+
+    Returns:
+        ``(saliency, meta)``: float32 maps (N,H,W) at the model's input resolution (higher = more important,
+        normalised as ``meta["normalisation"]`` says) and the peer's metadata (versions, parameters, seconds per
+        image) with ``main_openvino_version`` added.
+
+    Raises:
+        PeerError: When the venv is missing (the message says to run ``python benchmarks/peers.py setup``) or the
+            peer run fails (the message carries the end of its output).
+        ValueError: On malformed ``images``/``targets`` or an unknown precision.
+    """
+    import numpy as np
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    targets = np.asarray(targets).astype(np.int64).reshape(-1)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (N,3,H,W), got {images.shape}")
+    if targets.shape[0] != images.shape[0]:
+        raise ValueError(f"need one target per image: {targets.shape[0]} targets for {images.shape[0]} images")
+    _check_onnx(onnx_path)
+    python = venv_python(venv)
+    if not python.exists():
+        raise PeerError(f"openvino-xai venv missing at {_venv_dir(venv)}: run {_setup_hint(venv)}")
+    with tempfile.TemporaryDirectory(prefix="ovxai-rise-") as tmp:
+        inputs, out = Path(tmp) / "inputs.npz", Path(tmp) / "saliency.npz"
+        np.savez(inputs, images=images, targets=targets)
+        cmd = [
+            str(python),
+            str(SCRIPT),
+            "ovxai-rise",
+            "--onnx",
+            str(Path(onnx_path).absolute()),
+            "--inputs",
+            str(inputs),
+            "--out",
+            str(out),
+            "--num-masks",
+            str(num_masks),
+            "--prob",
+            repr(float(prob)),
+            "--num-cells",
+            str(num_cells),
+            "--seed",
+            str(seed),
+            "--threads",
+            str(threads or os.cpu_count() or 1),
+            "--precision",
+            precision,
+            "--venv",
+            str(_venv_dir(venv)),
+        ]
+        env = _child_env()
+        env[REEXEC_ENV] = "1"
+        try:
+            proc = subprocess.run(
+                cmd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=None if verbose else subprocess.PIPE,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            msg = f"openvino-xai RISE timed out after {timeout} s; raise timeout= or lower num_masks"
+            raise PeerError(msg) from exc
+        if proc.returncode != 0 or not out.exists():
+            tail = ((proc.stdout or "") + (proc.stderr or "see the peer's output above"))[-4000:]
+            raise PeerError(f"openvino-xai RISE failed (exit {proc.returncode}):\n{tail}")
+        with np.load(out, allow_pickle=False) as data:
+            saliency = data["saliency"].astype(np.float32, copy=False)
+            meta: dict[str, Any] = json.loads(str(data["meta"]))
+    meta["main_openvino_version"] = _main_openvino_version()
+    return saliency, meta
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ovxai-rise: worker side (peer venv interpreter)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def ovxai_rise_worker(
+    onnx_path: str,
+    inputs_path: str,
+    out_path: str,
+    num_masks: int = 2000,
+    prob: float = 0.5,
+    num_cells: int = 8,
+    seed: int = 0,
+    threads: int | None = None,
+    precision: str = "f32",
+) -> dict[str, Any]:
+    """Explain each image for its target class with openvino-xai's black-box RISE (runs inside the peer venv).
+
+    The explainer is ``openvino_xai.Explainer(model, Task.CLASSIFICATION, explain_mode=ExplainMode.BLACKBOX,
+    explain_method=Method.RISE, preprocess_fn=identity, postprocess_fn=softmax of the logits)``. RISE weights each
+    mask by the score that ``postprocess_fn`` returns, and the paper uses class probabilities, hence the softmax.
+    openvino-xai compiles the model itself with default properties (bf16 on a bf16-capable CPU), so it is recompiled
+    here with ``INFERENCE_PRECISION_HINT`` and ``INFERENCE_NUM_THREADS`` and handed back to the method (there is no
+    public hook). The raw float map comes from ``explainer(x, targets=[t], scale_output=False, scaling=False,
+    resize=False, colormap=False, ...)``: no min-max scaling to uint8, no resize, no colormap.
+
+    Args:
+        onnx_path: The ONNX classifier (input (B,3,H,W) float32 normalised, output logits (B,C)).
+        inputs_path: ``.npz`` with ``images`` (N,3,H,W) float32 and ``targets`` (N,) int.
+        out_path: Destination ``.npz``: ``saliency`` float32 (N,H,W) and ``meta`` (a JSON string).
+        num_masks: Random masks per image.
+        prob: Probability that a mask cell is kept.
+        num_cells: Mask grid cells per side.
+        seed: openvino-xai's mask seed (the same masks for every image).
+        threads: ``INFERENCE_NUM_THREADS``; None: the CPU count.
+        precision: ``"f32"`` or ``"bf16"``.
+
+    Returns:
+        The metadata written as ``meta``.
+    """
+    os.environ.setdefault("TQDM_DISABLE", "1")  # openvino-xai's per-mask tqdm bar; read when tqdm is imported
+    from importlib import metadata
+
+    import numpy as np
+    import openvino as ov
+    import openvino_xai as xai
+    from openvino_xai.common.utils import IdentityPreprocessFN
+    from openvino_xai.explainer import ExplainMode
+    from openvino_xai.methods.black_box.base import Preset
+
+    logging.getLogger("openvino_xai").setLevel(logging.WARNING)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    threads = int(threads or os.cpu_count() or 1)
+    with np.load(inputs_path, allow_pickle=False) as data:
+        images = np.ascontiguousarray(data["images"], dtype=np.float32)
+        targets = np.asarray(data["targets"]).astype(np.int64).reshape(-1)
+    if images.ndim != 4 or targets.shape[0] != images.shape[0]:
+        raise ValueError(f"bad inputs: images {images.shape}, targets {targets.shape}")
+
+    def softmax_scores(outputs: Any) -> Any:
+        logits = np.asarray(outputs[0], dtype=np.float64)
+        logits = logits - logits.max(axis=-1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(axis=-1, keepdims=True)  # (1, C), as RISE's check_classification_output requires
+
+    core = ov.Core()
+    model = core.read_model(onnx_path)
+    t0 = time.perf_counter()
+    explainer = xai.Explainer(
+        model=model,
+        task=xai.Task.CLASSIFICATION,
+        preprocess_fn=IdentityPreprocessFN(),
+        postprocess_fn=softmax_scores,
+        explain_mode=ExplainMode.BLACKBOX,
+        explain_method=xai.Method.RISE,
+        device_name="CPU",
+    )
+    config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads}
+    compiled = core.compile_model(model, "CPU", config)
+    explainer.method._model_compiled = compiled  # openvino-xai has no public hook for compile properties
+    compile_s = time.perf_counter() - t0
+    effective_precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    effective_threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
+    print(
+        f"[ovxai-rise] {onnx_path}: {len(images)} images, {num_masks} masks, prob {prob}, {num_cells} cells, seed "
+        f"{seed}, {precision} (effective {effective_precision}), {effective_threads} threads; built in "
+        f"{compile_s:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+    maps: list[Any] = []
+    seconds: list[float] = []
+    for i, (image, target) in enumerate(zip(images, targets, strict=True)):
+        t = int(target)
+        t0 = time.perf_counter()
+        explanation = explainer(
+            image[None],
+            targets=[t],
+            preset=Preset.BALANCE,  # overridden by num_masks/num_cells below
+            num_masks=int(num_masks),
+            num_cells=int(num_cells),
+            prob=float(prob),
+            seed=int(seed),
+            scale_output=False,  # RISE's own min-max scaling to uint8 [0, 255]
+            scaling=False,
+            resize=False,
+            colormap=False,
+            overlay=False,
+        )
+        seconds.append(time.perf_counter() - t0)
+        raw = np.asarray(explanation.saliency_map[t], dtype=np.float64)
+        maps.append((raw / (num_masks * prob)).astype(np.float32))
+        print(f"[ovxai-rise] image {i + 1}/{len(images)} target {t}: {seconds[-1]:.2f} s", file=sys.stderr, flush=True)
+
+    saliency = np.stack(maps) if maps else np.zeros((0, *images.shape[2:]), np.float32)
+    meta: dict[str, Any] = {
+        "method": RISE_METHOD,
+        "impl": "openvino-xai",
+        "openvino_version": ov.get_version(),
+        "openvino_xai_version": metadata.version("openvino-xai"),
+        "numpy_version": np.__version__,
+        "num_masks": int(num_masks),
+        "prob": float(prob),
+        "num_cells": int(num_cells),
+        "seed": int(seed),
+        "precision": precision,
+        "effective_precision": effective_precision,
+        "threads": threads,
+        "effective_threads": effective_threads,
+        "score": "softmax(logits)[target]",
+        "normalisation": RISE_NORMALISATION,
+        "saliency_shape": list(saliency.shape),
+        "build_s": round(compile_s, 3),
+        "seconds_per_image": [round(s, 4) for s in seconds],
+        "mean_seconds_per_image": round(statistics.fmean(seconds), 4) if seconds else None,
+        "onnx": str(onnx_path),
+    }
+    np.savez(out_path, saliency=saliency, meta=np.array(json.dumps(meta)))
+    return meta
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # selftest (main interpreter)
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -782,6 +1047,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--all-targets", action="store_true", help="also time explainer(x) for all classes")
     p.add_argument("--venv", default=str(DEFAULT_VENV), help="peer venv directory (default: %(default)s)")
 
+    p = sub.add_parser("ovxai-rise", help="openvino-xai black-box RISE saliency maps (quality baseline)")
+    p.add_argument("--onnx", required=True, help="ONNX classifier: input 'image' (B,3,224,224), output 'logits'")
+    p.add_argument("--inputs", required=True, help=".npz: images (N,3,224,224) float32 normalised, targets (N,) int")
+    p.add_argument("--out", required=True, help=".npz to write: saliency (N,H,W) float32, meta (JSON string)")
+    p.add_argument("--num-masks", type=int, default=2000, help="random masks per image (default: %(default)s)")
+    p.add_argument("--prob", type=float, default=0.5, help="probability a mask cell is kept (default: %(default)s)")
+    p.add_argument(
+        "--num-cells", type=int, default=8, help="mask grid cells per side, openvino-xai's num_cells (default: 8)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="mask seed (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="INFERENCE_NUM_THREADS")
+    p.add_argument("--precision", choices=PRECISIONS, default="f32", help="INFERENCE_PRECISION_HINT")
+    p.add_argument("--venv", default=str(DEFAULT_VENV), help="peer venv directory (default: %(default)s)")
+
     p = sub.add_parser("selftest", help="export a random-weight timm ViT-B/16 and run ovxai-vit on it")
     p.add_argument("--venv", default=str(DEFAULT_VENV), help="peer venv directory (default: %(default)s)")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated (default: %(default)s)")
@@ -842,6 +1121,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             Path(args.json).write_text(json.dumps(records, indent=2))
             print(format_table(records))
+        elif args.command == "ovxai-rise":
+            _check_onnx(args.onnx)
+            if not Path(args.inputs).is_file():
+                raise PeerError(f"inputs not found: {args.inputs}; write an .npz with 'images' and 'targets'")
+            if not _inside_venv(args.venv):
+                _reexec_in_venv(args.venv, argv)
+            meta = ovxai_rise_worker(
+                args.onnx,
+                args.inputs,
+                args.out,
+                num_masks=args.num_masks,
+                prob=args.prob,
+                num_cells=args.num_cells,
+                seed=args.seed,
+                threads=args.threads,
+                precision=args.precision,
+            )
+            print(json.dumps(meta))
         elif args.command == "selftest":
             precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
             selftest(

@@ -1,0 +1,76 @@
+"""Peer explanation methods as baselines for the quality benchmark, run on the same model and images.
+
+Nothing here re-implements a method: Grad-CAM and Score-CAM come from pytorch-grad-cam (``pip install
+'xai-engine[benchmark]'``), RISE from openvino-xai (its own venv, see ``benchmarks/peers.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.backbones import BackboneAdapter
+from engine.errors import BackendUnavailableError, UnsupportedModelError
+
+CAM_METHODS = {"gradcam": "GradCAM", "scorecam": "ScoreCAM"}
+
+
+def cam_target_layer(adapter: BackboneAdapter) -> nn.Module:
+    """The last convolutional feature map of a CNN, the layer Grad-CAM and Score-CAM read (as their papers do)."""
+    m = adapter.model
+    if adapter.library == "timm" and hasattr(m, "bn2") and hasattr(m, "conv_head"):
+        return m.bn2  # EfficientNet family: conv_head -> bn2 (+act) is the last feature map
+    if hasattr(m, "layer4"):
+        return m.layer4
+    if hasattr(m, "features"):
+        return m.features[-1] if isinstance(m.features, nn.Sequential) else m.features
+    raise UnsupportedModelError(f"no Grad-CAM target layer known for {adapter.library}/{adapter.name}.")
+
+
+def cam_maps(
+    adapter: BackboneAdapter, images: np.ndarray, targets: np.ndarray, method: str = "gradcam", batch_size: int = 16
+) -> np.ndarray:
+    """Saliency maps (N, H, W) in [0, 1] from pytorch-grad-cam's Grad-CAM or Score-CAM.
+
+    Args:
+        adapter: the backbone (torch, eval mode) the engine explains.
+        images: normalised float32 batch (N, 3, H, W).
+        targets: class per image.
+        method: ``gradcam`` or ``scorecam``.
+        batch_size: images per Grad-CAM call; Score-CAM's own forward batch.
+    """
+    from engine._compat import ensure_torchvision
+
+    ensure_torchvision()
+    try:
+        import pytorch_grad_cam
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    except ImportError as e:
+        raise BackendUnavailableError(
+            "Grad-CAM baselines need pytorch-grad-cam: pip install 'xai-engine[benchmark]'"
+        ) from e
+    if method not in CAM_METHODS:
+        raise UnsupportedModelError(f"unknown CAM baseline {method!r}; choose from {sorted(CAM_METHODS)}.")
+    model = adapter.model.eval()
+    cam = getattr(pytorch_grad_cam, CAM_METHODS[method])(model=model, target_layers=[cam_target_layer(adapter)])
+    cam.batch_size = batch_size
+    out = []
+    step = 1 if method == "scorecam" else batch_size
+    for start in range(0, len(images), step):
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + step]))
+        t = [ClassifierOutputTarget(int(c)) for c in targets[start : start + step]]
+        out.append(np.asarray(cam(input_tensor=x, targets=t), dtype=np.float32))
+    return np.concatenate(out, axis=0)
+
+
+def rise_maps(onnx_path: Path, images: np.ndarray, targets: np.ndarray, **kwargs) -> tuple[np.ndarray, dict]:
+    """RISE maps from openvino-xai (in its own venv) on the same classifier, exported to ONNX."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from peers import run_ovxai_rise
+
+    return run_ovxai_rise(onnx_path, images, targets, **kwargs)

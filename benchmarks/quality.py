@@ -1,0 +1,276 @@
+"""Quality benchmark: every metric (with its presets) over a dataset, for engine artifacts and peer baselines.
+
+    python benchmarks/quality.py --artifact default --baseline gradcam --baseline scorecam --baseline rise \
+        --data imagenet-sample --limit 20 --metrics insertion:rise,deletion:rise,ad_ic:tame --out benchmarks/results/q
+
+Writes ``quality.csv`` (one row per dataset, model, method, metric, preset) and ``quality.png`` (bar chart) in --out.
+Saliency maps are cached per (model, method) in ``--out/maps`` and each (model, method, metric, preset) result in
+``--out/partial``, so an interrupted run resumes where it stopped. Baselines run on the SAME model and images:
+Grad-CAM and Score-CAM from pytorch-grad-cam, RISE from openvino-xai (``python benchmarks/peers.py setup``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from engine import Engine  # noqa: E402
+from engine.artifact import default_artifact_path, load_artifact  # noqa: E402
+from engine.backends.torch_ import graph_from_artifact  # noqa: E402
+from engine.data import open_dataset  # noqa: E402
+from engine.errors import EngineError  # noqa: E402
+from engine.preprocess import Preprocessor  # noqa: E402
+
+DEFAULT_METRICS = (
+    "insertion:rise,deletion:rise,id:rise,insertion:ovxai,deletion:ovxai,ad_ic:tame,road:tame,adcc:reference"
+)
+CSV_COLUMNS = ["dataset", "model", "method", "metric", "preset", "value", "n_images", "params"]
+# which direction is better, by metric name prefix (for the chart's titles)
+BETTER = {
+    "insertion": "↑",
+    "deletion": "↓",
+    "id": "↑",
+    "ad@": "↓",
+    "ic@": "↑",
+    "road_morf": "↓",
+    "road_lerf": "↑",
+    "adcc": "↑",
+    "coherency": "↑",
+    "complexity": "↓",
+    "average_drop": "↓",
+    "miou": "↑",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[quality {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+class Subject:
+    """One artifact on one backend: its model callable, its own explanations, and the images prepared for it."""
+
+    def __init__(self, artifact: str, backend: str, samples, batch_size: int):
+        art = load_artifact(default_artifact_path() if artifact == "default" else artifact)
+        self.art = art
+        self.name = art.backbone.spec
+        self.method = art.method
+        self.engine = Engine.load(art, backend=backend)
+        self.adapter = graph_from_artifact(art).backbone.eval()
+        pre = art.preprocess
+        self.mean, self.std = np.array(pre.mean, np.float32), np.array(pre.std, np.float32)
+        x, _ = Preprocessor(pre)([s.image() for s in samples])
+        self.x = x  # normalised (N, 3, H, W)
+        self.raw = np.clip(x * self.std[:, None, None] + self.mean[:, None, None], 0.0, 1.0)
+        self.batch_size = batch_size
+        self.labels = np.array([-1 if s.label is None else s.label for s in samples], dtype=np.int64)
+        self.pred = self.model(self.x).argmax(axis=1)
+
+    def model(self, x: np.ndarray) -> np.ndarray:
+        """Normalised batch -> logits, through the plain torch classifier, in chunks."""
+        outs = []
+        with torch.inference_mode():
+            for s in range(0, len(x), self.batch_size):
+                outs.append(self.adapter(torch.from_numpy(np.ascontiguousarray(x[s : s + self.batch_size]))).numpy())
+        return np.concatenate(outs)
+
+    def explainer(self, method: str, out_dir: Path, rise_masks: int):
+        """(normalised batch, targets) -> maps, for the engine's method or a baseline."""
+        if method == self.method:
+            return lambda xb, tb: self.engine.backend.infer(np.ascontiguousarray(xb), np.asarray(tb, np.int64))[1]
+        from baselines import cam_maps, rise_maps
+
+        if method in ("gradcam", "scorecam"):
+            return lambda xb, tb: cam_maps(self.adapter, xb, np.asarray(tb), method)
+        if method == "rise":
+            onnx = out_dir / "onnx" / f"{_safe(self.name)}_classify.onnx"
+            if not onnx.exists():
+                from engine.export import onnx_from_module
+                from engine.graph import ClassifyGraph
+
+                onnx.parent.mkdir(parents=True, exist_ok=True)
+                onnx_from_module(
+                    ClassifyGraph(self.adapter), onnx, tuple(self.art.preprocess.input_size), with_target=False
+                )
+            return lambda xb, tb: rise_maps(onnx, xb, np.asarray(tb), num_masks=rise_masks)[0]
+        raise EngineError(f"unknown baseline {method!r}; choose gradcam, scorecam or rise.")
+
+
+def cached_maps(subject: Subject, method: str, fn, ids: list[str], out_dir: Path) -> np.ndarray:
+    path = out_dir / "maps" / f"{_safe(subject.name)}__{method}.npz"
+    if path.exists():
+        data = np.load(path, allow_pickle=False)
+        if list(data["ids"]) == ids and np.array_equal(data["targets"], subject.pred):
+            return data["saliency"]
+        log(f"{path} was made for other images: recomputing")
+    t0 = time.perf_counter()
+    maps = np.asarray(fn(subject.x, subject.pred), dtype=np.float32)
+    seconds = time.perf_counter() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, saliency=maps, targets=subject.pred, ids=np.array(ids), seconds=seconds)
+    os.replace(tmp, path)
+    log(f"{subject.name} {method}: {len(ids)} maps in {seconds:.1f} s")
+    return maps
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from tqdm import tqdm
+
+    out = Path(args.out)
+    ds = open_dataset(args.data, args.data_root, subset=args.limit, seed=args.seed)
+    samples = list(ds)
+    if not samples:
+        raise EngineError(f"dataset {args.data} has no images at {args.data_root or 'its default root'}.")
+    ids = [str(s.path.name) for s in samples]
+    jobs = [tuple(m.split(":", 1)) if ":" in m else (m, "default") for m in args.metrics.split(",") if m]
+    rows: list[dict[str, Any]] = []
+    for artifact in args.artifact:
+        subject = Subject(artifact, args.backend, samples, args.batch_size)
+        methods = [subject.method, *args.baseline]
+        log(f"{subject.name}: {len(samples)} images, methods {methods}, jobs {jobs}")
+        bar = tqdm(total=len(methods) * len(jobs), unit="job", file=sys.stderr)
+        for method in methods:
+            fn = subject.explainer(method, out, args.rise_masks)
+            maps = cached_maps(subject, method, fn, ids, out)
+            if args.maps_only:
+                bar.update(len(jobs))
+                continue
+            for metric, preset in jobs:
+                part = out / "partial" / f"{_safe(subject.name)}__{method}__{metric}__{preset}.json"
+                if part.exists():
+                    rows.extend(json.loads(part.read_text()))
+                    bar.update(1)
+                    continue
+                bar.set_description(f"{method} {metric}:{preset}")
+                kwargs = dict(
+                    model=subject.model,
+                    images=subject.raw,
+                    saliency=maps,
+                    mean=subject.mean,
+                    std=subject.std,
+                    batch_size=args.batch_size,
+                    model_kind=subject.adapter.kind,
+                )
+                kwargs["targets"] = subject.labels if preset == "keio" else subject.pred
+                if metric == "adcc":
+                    kwargs["explain_fn"] = fn
+                t0 = time.perf_counter()
+                from engine.metrics import evaluate
+
+                results = evaluate(metric, preset, **kwargs)
+                new = [r for res in results.values() for r in res.to_rows(args.data, subject.name, method)]
+                for r in new:
+                    r["seconds"] = round(time.perf_counter() - t0, 2)
+                _atomic_write(part, lambda fh, new=new: json.dump(new, fh, indent=1))
+                rows.extend(new)
+                bar.update(1)
+        bar.close()
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    def write(fh):
+        w = csv.DictWriter(fh, fieldnames=[*CSV_COLUMNS, "seconds"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+    _atomic_write(path, write)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["metric"], r["preset"]) for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cols = min(4, len(panels))
+    nrows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.8 * nrows), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, (metric, preset) in zip(axes.flat, panels, strict=False):
+        vals = {r["method"]: float(r["value"]) for r in rows if r["metric"] == metric and r["preset"] == preset}
+        xs = [m for m in methods if m in vals]
+        ax.bar(range(len(xs)), [vals[m] for m in xs], color=[colours(methods.index(m)) for m in xs])
+        ax.set_xticks(range(len(xs)), xs, rotation=30, ha="right", fontsize=8)
+        arrow = next((v for k, v in BETTER.items() if metric.startswith(k)), "")
+        ax.set_title(f"{metric} ({preset}) {arrow}", fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    n = max(int(r["n_images"]) for r in rows)
+    models = ", ".join(sorted({r["model"] for r in rows}))
+    fig.suptitle(f"{rows[0]['dataset']}: {models}, {n} images (↑ higher is better, ↓ lower)", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifact", action="append", required=True, help="artifact folder or 'default' (repeatable)")
+    p.add_argument("--baseline", action="append", default=[], choices=["gradcam", "scorecam", "rise"])
+    p.add_argument("--data", required=True, help="dataset name (imagenet-sample, imagenet-val, kahikatea, voc, ...)")
+    p.add_argument("--data-root", default=None, help="dataset folder (default: ../shared/data/<name> when present)")
+    p.add_argument("--limit", type=int, default=None, help="number of images: a seeded random subset")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--metrics", default=DEFAULT_METRICS, help="comma-separated METRIC[:PRESET] list")
+    p.add_argument("--backend", default="torch", help="backend that runs the artifact's explanations")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--rise-masks", type=int, default=2000)
+    p.add_argument("--maps-only", action="store_true", help="compute and cache the saliency maps, then stop")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    try:
+        rows = run(args)
+    except EngineError as e:
+        print(f"quality: error: {e}", file=sys.stderr)
+        return 2
+    if args.maps_only:
+        log(f"maps cached in {Path(args.out) / 'maps'}")
+        return 0
+    out = Path(args.out)
+    write_csv(rows, out / "quality.csv")
+    plot(rows, out / "quality.png")
+    width = max(len(r["method"]) for r in rows)
+    for r in rows:
+        print(
+            f"{r['method']:<{width}}  {r['metric']:<14} {r['preset']:<10} {float(r['value']):10.4f}  n={r['n_images']}"
+        )
+    log(f"wrote {out / 'quality.csv'} and {out / 'quality.png'} ({len(rows)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

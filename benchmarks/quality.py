@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import sys
@@ -76,7 +77,7 @@ def _safe(name: str) -> str:
 class Subject:
     """One artifact on one backend: its model callable, its own explanations, and the images prepared for it."""
 
-    def __init__(self, artifact: str, backend: str, samples, batch_size: int):
+    def __init__(self, artifact: str, backend: str, samples, batch_size: int, model_backend: str, out_dir: Path):
         art = load_artifact(default_artifact_path() if artifact == "default" else artifact)
         self.art = art
         self.name = art.backbone.spec
@@ -89,12 +90,37 @@ class Subject:
         self.x = x  # normalised (N, 3, H, W)
         self.raw = np.clip(x * self.std[:, None, None] + self.mean[:, None, None], 0.0, 1.0)
         self.batch_size = batch_size
+        self._ov = self._openvino_classifier(out_dir) if model_backend == "openvino" else None
         self.labels = np.array([-1 if s.label is None else s.label for s in samples], dtype=np.int64)
         self.pred = self.model(self.x).argmax(axis=1)
 
+    def classifier_onnx(self, out_dir: Path) -> Path:
+        """The plain classifier exported to ONNX once (for RISE and the OpenVINO model callable)."""
+        onnx = out_dir / "onnx" / f"{_safe(self.name)}_classify.onnx"
+        if not onnx.exists():
+            from engine.export import onnx_from_module
+            from engine.graph import ClassifyGraph
+
+            onnx.parent.mkdir(parents=True, exist_ok=True)
+            onnx_from_module(
+                ClassifyGraph(self.adapter), onnx, tuple(self.art.preprocess.input_size), with_target=False
+            )
+        return onnx
+
+    def _openvino_classifier(self, out_dir: Path):
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT"}
+        return core.compile_model(core.read_model(str(self.classifier_onnx(out_dir))), "CPU", config)
+
     def model(self, x: np.ndarray) -> np.ndarray:
-        """Normalised batch -> logits, through the plain torch classifier, in chunks."""
+        """Normalised batch -> logits through the plain classifier (OpenVINO fp32 or torch), in chunks."""
         outs = []
+        if self._ov is not None:
+            for s in range(0, len(x), self.batch_size):
+                outs.append(self._ov({"image": np.ascontiguousarray(x[s : s + self.batch_size])})[0])
+            return np.concatenate(outs)
         with torch.inference_mode():
             for s in range(0, len(x), self.batch_size):
                 outs.append(self.adapter(torch.from_numpy(np.ascontiguousarray(x[s : s + self.batch_size]))).numpy())
@@ -109,15 +135,7 @@ class Subject:
         if method in ("gradcam", "scorecam"):
             return lambda xb, tb: cam_maps(self.adapter, xb, np.asarray(tb), method)
         if method == "rise":
-            onnx = out_dir / "onnx" / f"{_safe(self.name)}_classify.onnx"
-            if not onnx.exists():
-                from engine.export import onnx_from_module
-                from engine.graph import ClassifyGraph
-
-                onnx.parent.mkdir(parents=True, exist_ok=True)
-                onnx_from_module(
-                    ClassifyGraph(self.adapter), onnx, tuple(self.art.preprocess.input_size), with_target=False
-                )
+            onnx = self.classifier_onnx(out_dir)
             return lambda xb, tb: rise_maps(onnx, xb, np.asarray(tb), num_masks=rise_masks)[0]
         raise EngineError(f"unknown baseline {method!r}; choose gradcam, scorecam or rise.")
 
@@ -152,17 +170,17 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     jobs = [tuple(m.split(":", 1)) if ":" in m else (m, "default") for m in args.metrics.split(",") if m]
     rows: list[dict[str, Any]] = []
     for artifact in args.artifact:
-        subject = Subject(artifact, args.backend, samples, args.batch_size)
+        subject = Subject(artifact, args.backend, samples, args.batch_size, args.model_backend, out)
         methods = [subject.method, *args.baseline]
         log(f"{subject.name}: {len(samples)} images, methods {methods}, jobs {jobs}")
+        explainers = {m: subject.explainer(m, out, args.rise_masks) for m in methods}
+        maps = {m: cached_maps(subject, m, fn, ids, out) for m, fn in explainers.items()}
+        if args.maps_only:
+            continue
         bar = tqdm(total=len(methods) * len(jobs), unit="job", file=sys.stderr)
-        for method in methods:
-            fn = subject.explainer(method, out, args.rise_masks)
-            maps = cached_maps(subject, method, fn, ids, out)
-            if args.maps_only:
-                bar.update(len(jobs))
-                continue
-            for metric, preset in jobs:
+        # metric-major order: every method gets each metric before the next (slow ADCC re-explains last)
+        for metric, preset in jobs:
+            for method in methods:
                 part = out / "partial" / f"{_safe(subject.name)}__{method}__{metric}__{preset}.json"
                 if part.exists():
                     rows.extend(json.loads(part.read_text()))
@@ -172,7 +190,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 kwargs = dict(
                     model=subject.model,
                     images=subject.raw,
-                    saliency=maps,
+                    saliency=maps[method],
                     mean=subject.mean,
                     std=subject.std,
                     batch_size=args.batch_size,
@@ -180,7 +198,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 )
                 kwargs["targets"] = subject.labels if preset == "keio" else subject.pred
                 if metric == "adcc":
-                    kwargs["explain_fn"] = fn
+                    kwargs["explain_fn"] = explainers[method]
                 t0 = time.perf_counter()
                 from engine.metrics import evaluate
 
@@ -253,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics", default=DEFAULT_METRICS, help="comma-separated METRIC[:PRESET] list")
     p.add_argument("--backend", default="torch", help="backend that runs the artifact's explanations")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--model-backend",
+        default="openvino" if importlib.util.find_spec("openvino") else "torch",
+        choices=["openvino", "torch"],
+        help="runtime of the model callable the metrics query (fp32)",
+    )
     p.add_argument("--rise-masks", type=int, default=2000)
     p.add_argument("--maps-only", action="store_true", help="compute and cache the saliency maps, then stop")
     p.add_argument("--out", required=True)

@@ -81,7 +81,7 @@ class Engine:
         runner = get_backend_class(name)(
             art,
             precision=precision,
-            device=device if device != "auto" or name != "openvino" else "cpu",
+            device=device,
             threads=threads,
             allow_version_mismatch=allow_version_mismatch,
         )

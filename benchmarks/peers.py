@@ -324,28 +324,33 @@ def run_ovxai_vit(
             cmd += ["--target-layer", target_layer]
         if all_targets:
             cmd.append("--all-targets")
-        env = _child_env()
-        env[REEXEC_ENV] = "1"
-        try:
-            proc = subprocess.run(
-                cmd,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=None if verbose else subprocess.PIPE,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise PeerError(f"openvino-xai run timed out after {timeout} s; raise timeout= or lower repeats") from exc
-        if proc.returncode != 0 or not out.exists():
-            tail = ((proc.stdout or "") + (proc.stderr or "see the peer's output above"))[-4000:]
-            raise PeerError(f"openvino-xai run failed (exit {proc.returncode}):\n{tail}")
+        _run_worker(cmd, out, timeout=timeout, verbose=verbose, what="openvino-xai run", knob="repeats")
         records: list[dict[str, Any]] = json.loads(out.read_text())
     main_version = _main_openvino_version()
     for record in records:
         record["main_openvino_version"] = main_version
     return records
+
+
+def _run_worker(cmd: list[str], out: Path, *, timeout: float | None, verbose: bool, what: str, knob: str) -> None:
+    """Run a peer-venv worker command that writes ``out``; PeerError with the output's tail if it fails."""
+    env = _child_env()
+    env[REEXEC_ENV] = "1"
+    try:
+        proc = subprocess.run(
+            cmd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=None if verbose else subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise PeerError(f"{what} timed out after {timeout} s; raise timeout= or lower {knob}") from exc
+    if proc.returncode != 0 or not out.exists():
+        tail = ((proc.stdout or "") + (proc.stderr or "see the peer's output above"))[-4000:]
+        raise PeerError(f"{what} failed (exit {proc.returncode}):\n{tail}")
 
 
 def _check_onnx(onnx_path: str | os.PathLike[str]) -> None:
@@ -719,24 +724,7 @@ def run_ovxai_rise(
             "--venv",
             str(_venv_dir(venv)),
         ]
-        env = _child_env()
-        env[REEXEC_ENV] = "1"
-        try:
-            proc = subprocess.run(
-                cmd,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=None if verbose else subprocess.PIPE,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            msg = f"openvino-xai RISE timed out after {timeout} s; raise timeout= or lower num_masks"
-            raise PeerError(msg) from exc
-        if proc.returncode != 0 or not out.exists():
-            tail = ((proc.stdout or "") + (proc.stderr or "see the peer's output above"))[-4000:]
-            raise PeerError(f"openvino-xai RISE failed (exit {proc.returncode}):\n{tail}")
+        _run_worker(cmd, out, timeout=timeout, verbose=verbose, what="openvino-xai RISE", knob="num_masks")
         with np.load(out, allow_pickle=False) as data:
             saliency = data["saliency"].astype(np.float32, copy=False)
             meta: dict[str, Any] = json.loads(str(data["meta"]))

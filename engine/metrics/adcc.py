@@ -36,12 +36,8 @@ from .base import (
     ExplainFn,
     MetricResult,
     ModelFn,
-    check_batch_size,
-    check_images,
-    check_model_kind,
-    check_norm,
+    check_inputs,
     check_preset,
-    check_saliency,
     check_targets,
     make_result,
     minmax,
@@ -126,15 +122,12 @@ def adcc(
         raise InputError(f"mask_space must be 'normalised' or 'raw', got {mask_space!r}.")
     if not callable(explain_fn):
         raise InputError("adcc needs explain_fn(normalised_batch, classes) -> maps to re-explain the masked images.")
-    check_model_kind(model_kind)
-    batch_size = check_batch_size(batch_size)
-    raw = check_images(images)
-    n, c, h, w = raw.shape
-    sal = resize_maps(check_saliency(saliency, n), (h, w))
+    ci = check_inputs(images, saliency, mean, std, batch_size, model_kind)
+    raw, sal, m, s, batch_size = ci.raw, ci.saliency, ci.mean, ci.std, ci.batch_size
+    n, c, h, w = ci.shape
     flat = sal.reshape(n, -1)
     outside = (flat.min(dim=1).values < 0) | (flat.max(dim=1).values > 1)
     sal = torch.where(outside[:, None, None], minmax(sal), sal)
-    m, s = check_norm(mean, std, c)
     tgt = check_targets(targets, n, None)
     x_norm = normalise(raw, m, s)
 

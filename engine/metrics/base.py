@@ -229,6 +229,44 @@ def check_model_kind(model_kind: str | None) -> str | None:
     return model_kind
 
 
+@dataclass
+class CheckedInputs:
+    """What every model-querying metric starts from, after its inputs are checked."""
+
+    raw: Tensor  # (N, C, H, W) in [0, 1]
+    saliency: Tensor  # (N, H, W), upsampled to the images' size
+    mean: Tensor
+    std: Tensor
+    batch_size: int
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        n, c, h, w = self.raw.shape
+        return n, c, h, w
+
+
+def check_inputs(
+    images: np.ndarray | Tensor,
+    saliency: np.ndarray | Tensor,
+    mean: Sequence[float] | np.ndarray,
+    std: Sequence[float] | np.ndarray,
+    batch_size: int,
+    model_kind: str | None,
+    *,
+    minmax_before_resize: bool = False,
+) -> CheckedInputs:
+    """The shared checks of the model-querying metrics: model kind, batch size, images, maps (upsampled to the
+    images' size; min-max normalised first where the preset says so) and the normalisation."""
+    check_model_kind(model_kind)
+    batch_size = check_batch_size(batch_size)
+    raw = check_images(images)
+    n, c, h, w = raw.shape
+    maps = check_saliency(saliency, n)
+    sal = resize_maps(minmax(maps) if minmax_before_resize else maps, (h, w))
+    m, s = check_norm(mean, std, c)
+    return CheckedInputs(raw, sal, m, s, batch_size)
+
+
 def check_batch_size(batch_size: int) -> int:
     """A positive int, else InputError."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:

@@ -27,17 +27,11 @@ from .base import (
     BatchRunner,
     MetricResult,
     ModelFn,
-    check_batch_size,
-    check_images,
-    check_model_kind,
-    check_norm,
+    check_inputs,
     check_preset,
-    check_saliency,
     make_result,
-    minmax,
     normalise,
     predict,
-    resize_maps,
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -99,16 +93,13 @@ def ad_ic(
         ``{"ad@100": ..., "ic@100": ..., "ad@50": ..., "ic@50": ..., "ad@15": ..., "ic@15": ...}``.
     """
     check_preset("ad_ic", preset, PRESETS)
-    check_model_kind(model_kind)
     p = PRESETS[preset]
     lv = [float(v) for v in (levels if levels is not None else p["levels"])]
     if not lv or any(not (0 < v <= 100) for v in lv):
         raise InputError(f"levels must be percentages in (0, 100], got {lv}.")
-    batch_size = check_batch_size(batch_size)
-    raw = check_images(images)
-    n, c, h, w = raw.shape
-    sal = resize_maps(minmax(check_saliency(saliency, n)), (h, w))
-    m, s = check_norm(mean, std, c)
+    ci = check_inputs(images, saliency, mean, std, batch_size, model_kind, minmax_before_resize=True)
+    raw, sal, m, s, batch_size = ci.raw, ci.saliency, ci.mean, ci.std, ci.batch_size
+    n, c, h, w = ci.shape
     x_norm = normalise(raw, m, s)
 
     y, _, cls, calls = predict(model, x_norm, batch_size)

@@ -46,17 +46,12 @@ from .base import (
     BatchRunner,
     MetricResult,
     ModelFn,
-    check_batch_size,
-    check_images,
-    check_model_kind,
-    check_norm,
+    check_inputs,
     check_preset,
-    check_saliency,
     check_targets,
     make_result,
     normalise,
     predict,
-    resize_maps,
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -184,12 +179,9 @@ def insertion_deletion(
     bad = [m for m in modes if m not in ("insertion", "deletion")] or ([] if modes else ["(none)"])
     if bad:
         raise InputError(f"modes must be a non-empty subset of ('insertion', 'deletion'), got {list(modes)}.")
-    check_model_kind(model_kind)
-    batch_size = check_batch_size(batch_size)
-    raw = check_images(images)
-    n, c, h, w = raw.shape
-    sal = resize_maps(check_saliency(saliency, n), (h, w))
-    m, s = check_norm(mean, std, c)
+    ci = check_inputs(images, saliency, mean, std, batch_size, model_kind)
+    raw, sal, m, s, batch_size = ci.raw, ci.saliency, ci.mean, ci.std, ci.batch_size
+    n, c, h, w = ci.shape
     p = PRESETS[preset]
     tgt = check_targets(targets, n, "the 'keio' preset" if preset == "keio" else None)
     x_norm = normalise(raw, m, s)

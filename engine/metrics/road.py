@@ -40,18 +40,13 @@ from .base import (
     BatchRunner,
     MetricResult,
     ModelFn,
-    check_batch_size,
-    check_images,
-    check_model_kind,
-    check_norm,
+    check_inputs,
     check_preset,
-    check_saliency,
     check_targets,
     make_result,
     minmax,
     normalise,
     predict,
-    resize_maps,
 )
 
 NEIGHBOURS: tuple[tuple[int, int, float], ...] = (
@@ -209,12 +204,9 @@ def road(
     if not (noise_std >= 0):
         raise InputError(f"noise_std must be >= 0, got {noise_std}.")
     _scipy_sparse()
-    check_model_kind(model_kind)
-    batch_size = check_batch_size(batch_size)
-    raw = check_images(images)
-    n, c, h, w = raw.shape
-    sal = resize_maps(check_saliency(saliency, n), (h, w))
-    m, s = check_norm(mean, std, c)
+    ci = check_inputs(images, saliency, mean, std, batch_size, model_kind)
+    raw, sal, m, s, batch_size = ci.raw, ci.saliency, ci.mean, ci.std, ci.batch_size
+    n, c, h, w = ci.shape
     tgt = check_targets(targets, n, None) if preset == "gradcam" else None
     x_norm = normalise(raw, m, s)
 

@@ -117,7 +117,7 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise EngineError(f"--option {pair!r} must look like KEY=VALUE (e.g. kernel=dirac).")
+            raise EngineError(f"option {pair!r} must look like KEY=VALUE (e.g. kernel=dirac).")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -137,6 +137,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         options=_parse_options(args.option),
         num_classes=args.num_classes,
         class_names=read_class_names(args.class_names) if args.class_names else None,
+        backbone_kwargs=_parse_options(args.backbone_option),
     )
     print(f"created {art.path} ({art.name})")
     return 0
@@ -200,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--class-names", default=None, help="JSON list or text file, one name per line")
     p.add_argument("--option", action="append", default=[], help="explainer option KEY=VALUE (repeatable)")
+    p.add_argument(
+        "--backbone-option",
+        action="append",
+        default=[],
+        help="backbone constructor option KEY=VALUE (repeatable), e.g. fused=true",
+    )
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_create)
 

@@ -192,3 +192,24 @@ def test_cnn_saliency_highlights_the_object(lite0, lite0_photos):
         _, sal = g(lite0_photos[4:5])
     peak = np.unravel_index(sal[0].argmax().item(), (7, 7))
     assert 1 <= peak[0] <= 4 and 2 <= peak[1] <= 4, peak
+
+
+def test_fused_mobilenet_v2_real_weights(tmp_path, example_images, shared_data):
+    """The BatchNorm-folded MobileNetV2 of ../shared/weights loads through `create --weights` and classifies."""
+    from engine import Engine
+    from engine.create import create_artifact
+
+    weights = shared_data.parent / "weights" / "mobilenet_v2_imagenet_fused.safetensors"
+    if not weights.is_file():
+        pytest.skip("../shared/weights/mobilenet_v2_imagenet_fused.safetensors is not present")
+    art = create_artifact(
+        "reciprocam", "torchvision/mobilenet_v2", tmp_path / "mnv2", weights=weights, backbone_kwargs={"fused": True}
+    )
+    assert art.backbone.kwargs == {"fused": True}
+    engine = Engine.load(art.path, backend="torch")
+    got = {p.stem: engine.explain(p).class_id for p in example_images}
+    # the weights' README: the wolf photo gives "white or timber wolf / Eskimo dog" (248 Eskimo dog, 250 husky)
+    assert got["golden_retriever"] == 207 and got["orange"] == 950 and got["wolf"] in (248, 250, 269, 270, 271, 272)
+    bb = engine.backend.graph.backbone
+    fast, ref = _pair(bb, "reciprocam")
+    _compare(fast, ref, _inputs(batch=2))

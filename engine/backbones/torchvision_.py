@@ -97,6 +97,25 @@ class TorchvisionCNN(BackboneAdapter):
         return CNNHeadParts(None, "avg", m.classifier)
 
 
+def fuse_batchnorm_layout(model: nn.Module) -> nn.Module:
+    """The layout of a classifier whose BatchNorms were folded into its convolutions (deployment exports).
+
+    Every ``BatchNorm2d`` becomes ``Identity``, every ``Conv2d`` gets a bias, and ``ReLU6`` becomes ``ReLU`` (as in the
+    int8 MobileNetV2 of pytorch/android-demo-app, whose dequantised weights ship in ``../shared/weights``). Weights
+    are loaded afterwards; this only changes the structure.
+    """
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(model, name, nn.Identity())
+        elif isinstance(child, nn.ReLU6):
+            setattr(model, name, nn.ReLU(inplace=child.inplace))
+        else:
+            fuse_batchnorm_layout(child)
+        if isinstance(child, nn.Conv2d) and child.bias is None:
+            child.bias = nn.Parameter(torch.zeros(child.out_channels))
+    return model
+
+
 def build_torchvision(name: str, num_classes: int, pretrained: bool, kwargs: dict) -> BackboneAdapter:
     from .._compat import ensure_torchvision
 
@@ -104,6 +123,12 @@ def build_torchvision(name: str, num_classes: int, pretrained: bool, kwargs: dic
     import torchvision
     from torchvision.models.vision_transformer import VisionTransformer
 
+    kwargs = dict(kwargs)
+    fused = bool(kwargs.pop("fused", False))
+    if fused and pretrained:
+        raise UnsupportedModelError(
+            "fused=True describes BatchNorm-folded weights; pass them as a file (--weights), not weights='pretrained'."
+        )
     try:
         weights = "DEFAULT" if pretrained else None
         model = torchvision.models.get_model(name, weights=weights, num_classes=num_classes, **kwargs)
@@ -111,6 +136,8 @@ def build_torchvision(name: str, num_classes: int, pretrained: bool, kwargs: dic
         raise UnsupportedModelError(
             f"torchvision cannot build {name!r}: {e}. List names with torchvision.models.list_models()."
         ) from e
+    if fused:
+        fuse_batchnorm_layout(model)
     if isinstance(model, VisionTransformer):
         return TorchvisionViT(model, name, num_classes)
     adapter = TorchvisionCNN(model, name, num_classes)

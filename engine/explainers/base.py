@@ -46,7 +46,7 @@ def get_explainer_class(method: str) -> type[Explainer]:
 
 
 def _import_builtin() -> None:
-    from . import reciprocam  # noqa: F401  (registers the built-in methods)
+    from . import reciprocam, tame  # noqa: F401  (registers the built-in methods)
 
 
 def build_explainer(cfg: ExplainerConfig, backbone: nn.Module, input_size: tuple[int, int]) -> Explainer:

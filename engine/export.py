@@ -110,8 +110,10 @@ def export_artifact(artifact: Artifact, out_dir: str | os.PathLike, formats: tup
             files[OPENVINO_XML] = xml
             files[OPENVINO_BIN] = xml.with_suffix(".bin")
         manifest = dict(artifact.manifest)
-        classes = artifact.backbone.num_classes
-        h, w = graph.explainer.grid
+        with torch.no_grad():  # the output shapes, read off the graph itself (whatever the method)
+            logits, saliency = graph(torch.zeros(1, 3, *input_size, dtype=next(graph.parameters()).dtype))
+        classes = int(logits.shape[1])
+        h, w = (int(v) for v in saliency.shape[1:])
         manifest["io"] = {
             "inputs": {"image": ["batch", 3, *input_size], "target": ["batch"]},
             "outputs": {"logits": ["batch", classes], "saliency": ["batch", h, w]},

@@ -16,6 +16,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from . import _ext, reference
 
 __all__ = [
@@ -79,7 +80,7 @@ def mask_tokens(tokens: Tensor, masks: Tensor) -> Tensor:
     """
     tracing = _tracing()  # checks on traced sizes would raise TracerWarnings; the reference checks shapes itself
     if not tracing and (tokens.dim() != 3 or masks.dim() != 2 or masks.shape[1] != tokens.shape[1]):
-        raise ValueError(
+        raise InputError(
             f"mask_tokens needs tokens (B, T, D) and masks (N, T) with the same T; got {tuple(tokens.shape)} and "
             f"{tuple(masks.shape)}. Reshape the masks to (N, T)."
         )
@@ -103,7 +104,7 @@ def mask_feature_map(features: Tensor, masks: Tensor) -> Tensor:
     if not tracing and (
         features.dim() != 4 or masks.dim() != 2 or masks.shape[1] != features.shape[2] * features.shape[3]
     ):
-        raise ValueError(
+        raise InputError(
             f"mask_feature_map needs features (B, C, h, w) and masks (N, h*w); got {tuple(features.shape)} and "
             f"{tuple(masks.shape)}. Flatten the masks' spatial dimensions: masks.flatten(1)."
         )
@@ -125,7 +126,7 @@ def saliency_rank(saliency: Tensor) -> Tensor:
         int64 ranks (H*W,) or (B, H*W).
     """
     if saliency.dim() not in (2, 3):
-        raise ValueError(f"saliency must be (H, W) or (B, H, W), got {tuple(saliency.shape)}; squeeze other dims.")
+        raise InputError(f"saliency must be (H, W) or (B, H, W), got {tuple(saliency.shape)}; squeeze other dims.")
     ext = _kernels(saliency)
     if ext is None:
         return reference.saliency_rank(saliency)
@@ -134,14 +135,14 @@ def saliency_rank(saliency: Tensor) -> Tensor:
 
 def _insertion(mode: str) -> bool:
     if mode not in MODES:
-        raise ValueError(f"mode must be 'insertion' or 'deletion', got {mode!r}.")
+        raise InputError(f"mode must be 'insertion' or 'deletion', got {mode!r}.")
     return mode == "insertion"
 
 
 def _counts(counts: Tensor | Sequence[int]) -> Tensor:
     c = counts if isinstance(counts, Tensor) else torch.as_tensor(list(counts), dtype=torch.int64)
     if c.dim() != 1 or c.is_floating_point() or c.is_complex() or c.dtype == torch.bool:
-        raise ValueError(
+        raise InputError(
             f"counts must be a 1-D sequence of integers (pixels per step), got dtype {c.dtype} and shape "
             f"{tuple(c.shape)}; e.g. torch.arange(0, H * W + 1, step)."
         )
@@ -150,7 +151,7 @@ def _counts(counts: Tensor | Sequence[int]) -> Tensor:
 
 def _check_images(images: Tensor, baselines: Tensor, what: str) -> None:
     if images.dim() != 4 or baselines.shape != images.shape:
-        raise ValueError(
+        raise InputError(
             f"{what} needs images and baselines of the same shape (B, C, H, W); got {tuple(images.shape)} and "
             f"{tuple(baselines.shape)}. Expand the baseline to the image's shape (e.g. torch.zeros_like(image))."
         )
@@ -184,7 +185,7 @@ def perturb_by_rank_batch(
     insertion = _insertion(mode)
     _check_images(images, baselines, "perturb_by_rank_batch")
     if saliency.dim() != 3 or saliency.shape != (images.shape[0], *images.shape[2:]):
-        raise ValueError(
+        raise InputError(
             f"saliency must be (B, H, W) = {(images.shape[0], *images.shape[2:])}, got {tuple(saliency.shape)}; "
             "resize the saliency maps to the image size first."
         )
@@ -209,7 +210,7 @@ def perturb_by_rank(
         The perturbed images (S, C, H, W).
     """
     if image.dim() != 3 or saliency.dim() != 2:
-        raise ValueError(
+        raise InputError(
             f"perturb_by_rank needs image (C, H, W) and saliency (H, W), got {tuple(image.shape)} and "
             f"{tuple(saliency.shape)}; use perturb_by_rank_batch for batches."
         )
@@ -234,7 +235,7 @@ def perturb_from_rank(
     insertion = _insertion(mode)
     _check_images(image[None], baseline[None], "perturb_from_rank")
     if rank.shape != (image.shape[1] * image.shape[2],) or rank.dtype != torch.int64:
-        raise ValueError(
+        raise InputError(
             f"rank must be int64 of shape (H*W,) = ({image.shape[1] * image.shape[2]},), got {rank.dtype} "
             f"{tuple(rank.shape)}; compute it with saliency_rank(saliency)."
         )
@@ -255,19 +256,19 @@ def auc(scores: Tensor, x: Tensor | Sequence[float] | None = None, rule: str = "
         The AUC per row (N,), in the scores' dtype.
     """
     if rule not in AUC_RULES:
-        raise ValueError(f"rule must be 'trapezoid' or 'rise', got {rule!r}.")
+        raise InputError(f"rule must be 'trapezoid' or 'rise', got {rule!r}.")
     if scores.dim() != 2 or scores.shape[1] < 2 or not scores.is_floating_point():
-        raise ValueError(
+        raise InputError(
             f"scores must be a floating (N, S) tensor with S >= 2, got {scores.dtype} {tuple(scores.shape)}; "
             "pass one curve as scores[None]."
         )
     xs: Tensor | None = None
     if x is not None:
         if rule == "rise":
-            raise ValueError("rule='rise' assumes evenly spaced steps and takes no x; pass x=None or rule='trapezoid'.")
+            raise InputError("rule='rise' assumes evenly spaced steps and takes no x; pass x=None or rule='trapezoid'.")
         xs = torch.as_tensor(x, dtype=torch.float64, device=scores.device)
         if xs.shape != (scores.shape[1],) or xs[-1] == xs[0]:
-            raise ValueError(
+            raise InputError(
                 f"x must be (S,) = ({scores.shape[1]},) with x[-1] != x[0], got {tuple(xs.shape)}; "
                 "pass x=None for evenly spaced steps."
             )

@@ -83,7 +83,9 @@ class Subject:
         self.name = art.backbone.spec
         self.method = art.method
         self.engine = Engine.load(art, backend=backend)
-        self.adapter = graph_from_artifact(art).backbone.eval()
+        # the torch backbone for the baselines and the model callable: the engine's own when it runs on torch
+        graph = self.engine.backend.graph if self.engine.backend_name == "torch" else graph_from_artifact(art)
+        self.adapter = graph.backbone.eval()
         pre = art.preprocess
         self.mean, self.std = np.array(pre.mean, np.float32), np.array(pre.std, np.float32)
         x, _ = Preprocessor(pre)([s.image() for s in samples])

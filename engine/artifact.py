@@ -27,6 +27,9 @@ FORMAT = "xai-engine-artifact"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
+# The explainer's own parameters only (a trained head such as T-TAME's), for artifacts whose backbone weights come
+# from elsewhere (backbone.weights = package / pretrained / external): a few MB instead of the whole classifier.
+HEAD_WEIGHTS = "explainer.safetensors"
 ONNX = "model.onnx"
 OPENVINO_XML = "model.xml"
 OPENVINO_BIN = "model.bin"
@@ -162,13 +165,16 @@ def _export_hint(name: str, art: Artifact) -> str:
 def load_artifact(path: str | os.PathLike, *, verify: bool = True) -> Artifact:
     """Read and verify an artifact folder (format version, required keys, file hashes).
 
+    ``path`` may also be ``"default"`` or a built-in artifact's name (:func:`builtin_names`).
+
     Raises:
         ArtifactError: the folder, manifest or a file is missing, unreadable, tampered with or of another format.
     """
-    root = Path(path)
+    root = resolve_artifact_path(path)
     if not root.is_dir():
         raise ArtifactError(
-            f"artifact folder {root} does not exist (or is not a folder). Make one with "
+            f"artifact folder {root} does not exist (or is not a folder). Pass a folder, 'default' or a built-in "
+            f"artifact ({', '.join(builtin_names())}), or make one with "
             "`xai-engine create --method vit-reciprocam --backbone timm/vit_base_patch16_224 --out DIR`."
         )
     mpath = root / MANIFEST
@@ -280,6 +286,31 @@ def write_artifact(manifest: dict[str, Any], out_dir: str | os.PathLike, files: 
     return load_artifact(out)
 
 
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+# the artifact that "default" (and Engine.load() without an artifact) opens; see the README's Evaluation section
+DEFAULT_BUILTIN = "reciprocam-efficientnet_lite0"
+
+
+def builtin_names() -> list[str]:
+    """Names of the artifacts shipped inside the package (``engine/builtin/<name>``)."""
+    return sorted(p.name for p in BUILTIN_DIR.iterdir() if (p / MANIFEST).is_file()) if BUILTIN_DIR.is_dir() else []
+
+
 def default_artifact_path() -> Path:
     """The embedded default artifact shipped inside the package."""
-    return Path(__file__).parent / "default"
+    return BUILTIN_DIR / DEFAULT_BUILTIN
+
+
+def resolve_artifact_path(path: str | os.PathLike) -> Path:
+    """An artifact folder, ``"default"``, or the name of a built-in artifact -> its folder.
+
+    An existing folder wins over a built-in name.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return p
+    if str(path) == "default":
+        return default_artifact_path()
+    if str(path) in builtin_names():
+        return BUILTIN_DIR / str(path)
+    return p

@@ -112,7 +112,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _parse_options(pairs: list[str]) -> dict[str, Any]:
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs to a dict; values are read as JSON where they parse (``true``, ``3``), else strings."""
     options: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
@@ -134,10 +135,10 @@ def cmd_create(args: argparse.Namespace) -> int:
         args.out,
         weights=args.weights,
         source=args.source,
-        options=_parse_options(args.option),
+        options=parse_options(args.option),
         num_classes=args.num_classes,
         class_names=read_class_names(args.class_names) if args.class_names else None,
-        backbone_kwargs=_parse_options(args.backbone_option),
+        backbone_kwargs=parse_options(args.backbone_option),
     )
     print(f"created {art.path} ({art.name})")
     return 0
@@ -171,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="explain images: writes <stem>.png (overlay), <stem>.npy, results.jsonl")
     p.add_argument("images", nargs="+", help="image files or folders of images")
-    p.add_argument("--artifact", default=None, help="artifact folder (default: the embedded default)")
+    p.add_argument("--artifact", default=None, help="artifact folder or built-in name (default: the embedded default)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])

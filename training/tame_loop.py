@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.artifact import WEIGHTS, Artifact, new_manifest, write_artifact
+from engine.artifact import HEAD_WEIGHTS, WEIGHTS, Artifact, new_manifest, write_artifact
 from engine.config import BackboneConfig, ExplainerConfig, PreprocessConfig
 from engine.errors import EngineError, InputError
 from engine.graph import ExplainGraph
@@ -67,7 +67,9 @@ HELDOUT_FILE = "heldout.json"
 CHECKPOINT_FORMAT = 1
 
 # Keys of TrainConfig that may differ between a run and its resumption (they do not change what is trained).
-RUNTIME_KEYS = frozenset({"out", "workdir", "resume", "max_steps", "command", "progress", "loader_threads"})
+RUNTIME_KEYS = frozenset(
+    {"out", "workdir", "resume", "max_steps", "command", "progress", "loader_threads", "embed_backbone"}
+)
 
 
 class TrainingError(EngineError, ValueError):
@@ -95,6 +97,8 @@ class TrainConfig:
             known, else ``pretrained`` (as ``engine.create.create_artifact``).
         weights: a local safetensors file with the classifier's state dict (overrides ``source``).
         num_classes: classifier outputs.
+        backbone_kwargs: extra constructor arguments of the backbone (e.g. ``{"fused": True}`` for the
+            BatchNorm-folded torchvision MobileNetV2 of ``../shared/weights``).
         taps: the backbone layers T-TAME reads; ``None`` = the explainer's default for this backbone.
         data: an ``engine.data`` dataset name (``folder``, ``imagenet-sample``, ...).
         data_root: the dataset folder (``None``: the dataset's default folder under ``../shared/data``).
@@ -116,6 +120,12 @@ class TrainConfig:
         command: the command line, recorded in the manifest.
         progress: show tqdm progress bars.
         loader_threads: threads decoding images.
+        fusion_init: ``"random"`` (the paper's) or ``"classifier"`` (start from the backbone's CAM, see
+            :func:`init_fusion_from_classifier`).
+        embed_backbone: store the whole graph (backbone included) in the artifact. By default an artifact whose
+            backbone comes from a package, the library's ``pretrained`` or a ``weights`` file stores only the
+            trained head (``explainer.safetensors``, a few MB) and names the backbone's source (a weights file by
+            its path and sha256); a random backbone is always embedded.
     """
 
     backbone: str
@@ -123,6 +133,7 @@ class TrainConfig:
     source: str | None = None
     weights: str | None = None
     num_classes: int = 1000
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     taps: list[str] | None = None
     data: str = "folder"
     data_root: str | None = None
@@ -142,6 +153,8 @@ class TrainConfig:
     command: str | None = None
     progress: bool = True
     loader_threads: int = 4
+    embed_backbone: bool = False
+    fusion_init: str = "random"
 
     def __post_init__(self) -> None:
         if isinstance(self.loss, dict):
@@ -160,6 +173,8 @@ class TrainConfig:
             self.taps = [str(t) for t in self.taps]
             if not self.taps or any(not t for t in self.taps):
                 raise InputError("taps must name at least one layer (comma-separated module paths, no empty names).")
+        if self.fusion_init not in FUSION_INITS:
+            raise InputError(f"fusion_init must be one of {FUSION_INITS}, got {self.fusion_init!r}.")
         if self.source is not None and self.source not in ("package", "pretrained", "random"):
             raise InputError(f"source must be package, pretrained or random, got {self.source!r}.")
 
@@ -175,6 +190,11 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         ident = {k: v for k, v in d.items() if k not in RUNTIME_KEYS and k != "loss"}
         ident.update({f"loss.{k}": v for k, v in d["loss"].items()})  # differing lambdas are named one by one
+        # absent at their defaults: checkpoints from before these options still resume
+        if not ident["backbone_kwargs"]:
+            del ident["backbone_kwargs"]
+        if ident["fusion_init"] == "random":
+            del ident["fusion_init"]
         for k in ("weights", "data_root"):
             if ident[k] is not None:
                 ident[k] = str(Path(ident[k]).expanduser().resolve())
@@ -266,6 +286,69 @@ def mask_images(x_norm: Tensor, e_y: Tensor, mean: Tensor, std: Tensor, kind: st
 # ----------------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------------
+
+
+FUSION_INITS = ("random", "classifier")
+
+
+@torch.no_grad()
+def init_fusion_from_classifier(graph: ExplainGraph, x_probe: Tensor) -> dict[str, Any]:
+    """``fusion_init="classifier"``: start T-TAME from the backbone's class activation maps (CAM).
+
+    Needs a tap whose global average pool feeds the classifier's last linear layer directly (EfficientNet-Lite's
+    ``bn2``, MobileNetV2's ``features.18``, ResNet's ``layer4``); this is checked on ``x_probe`` (logits must equal
+    ``linear(avgpool(tap))``). Then: every feature branch's BatchNorm scale is zeroed, so the branches start as
+    ``ReLU(x)`` (identity on those post-activation maps); the fusion conv's columns of that tap get the classifier's
+    weights, the other columns zero; and a scale ``s`` and shift ``c`` (fusion row ``s * w_k``, bias ``-c``) make the
+    predicted class's map standardised (zero mean, unit variance) on the probe batch, so the training sigmoid starts
+    unsaturated.
+
+    Why: with one training image per class (``imagenet-sample``) the held-out images' classes are never the
+    predicted class in training, so their fusion rows get no cross-entropy signal; from a random init they stay
+    noise, from this init they stay the classifier's CAM. The paper initialises randomly (``fusion_init="random"``,
+    the default) and trains on all of ImageNet.
+
+    Returns:
+        A JSON-ready record (tap, scale, shift) for the manifest.
+
+    Raises:
+        TrainingError: no tap feeds the classifier that way (e.g. VGG-16's fully connected head, ViTs).
+    """
+    explainer = graph.explainer
+    backbone = graph.backbone
+    linears = [m for m in backbone.model.modules() if isinstance(m, nn.Linear)]
+    backbone.eval()
+    logits, taps = backbone.forward_taps(x_probe, explainer.taps)
+    offset, found = 0, None
+    for i, (tap, (channels, _, _)) in enumerate(zip(explainer.taps, explainer.shapes, strict=True)):
+        if linears and explainer.layouts[i][0] == "map" and channels == linears[-1].in_features:
+            pooled = explainer._adapt(taps[tap], explainer.layouts[i]).mean(dim=(2, 3))
+            if torch.allclose(linears[-1](pooled), logits, rtol=1e-4, atol=1e-4 * float(logits.abs().max())):
+                found = (i, tap, offset, channels)
+        offset += channels
+    if found is None:
+        raise TrainingError(
+            f"fusion_init='classifier' needs a tap whose global average pool feeds {backbone.library}/"
+            f"{backbone.name}'s last linear layer directly (taps {explainer.taps}); this backbone has none. "
+            "Use fusion_init='random' (the paper's), or add such a tap (e.g. the last feature map) with --taps."
+        )
+    i, tap, offset, channels = found
+    linear = linears[-1]
+    for branch in explainer.branches:
+        branch.bn.weight.zero_()
+        branch.bn.bias.zero_()
+    fusion = explainer.fusion
+    fusion.weight.zero_()
+    fusion.weight[:, offset : offset + channels, 0, 0] = linear.weight
+    fusion.bias.zero_()
+    feats = explainer.features(backbone, x_probe)[1]
+    cam = fusion(feats)  # (B, K, h, w)
+    top = cam[torch.arange(len(cam)), logits.argmax(1)]
+    scale = 1.0 / float(top.std().clamp_min(1e-6))
+    shift = float(top.mean()) * scale
+    fusion.weight.mul_(scale)
+    fusion.bias.fill_(-shift)
+    return {"fusion_init": "classifier", "tap": tap, "scale": scale, "shift": shift}
 
 
 def freeze_backbone(graph: ExplainGraph) -> list[nn.Parameter]:
@@ -605,7 +688,7 @@ def build_training_graph(cfg: TrainConfig) -> tuple[ExplainGraph, BackboneConfig
         source = "random"
     elif source is None:
         source = "package" if library == "timm" and name in WEIGHT_PACKAGES else "pretrained"
-    bb_cfg = BackboneConfig(library, name, cfg.num_classes, source, {})
+    bb_cfg = BackboneConfig(library, name, cfg.num_classes, source, dict(cfg.backbone_kwargs))
     torch.manual_seed(cfg.seed)
     adapter = build_backbone(bb_cfg, seed=cfg.seed)
     if cfg.weights is not None:
@@ -618,7 +701,6 @@ def build_training_graph(cfg: TrainConfig) -> tuple[ExplainGraph, BackboneConfig
         options["taps"] = list(cfg.taps)
     torch.manual_seed(cfg.seed)
     graph = build_graph(adapter, ExplainerConfig(METHOD, options), pre.input_size)  # checks the taps
-    bb_cfg.weights = "artifact"
     return graph, bb_cfg, pre
 
 
@@ -682,6 +764,12 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> Artifact:
 
     # 2. the model (a missing tap fails here)
     graph, bb_cfg, pre = build_training_graph(cfg)
+    loader = Loader(pre, cfg.loader_threads)
+    init: dict[str, Any] = {"fusion_init": "random"}
+    if cfg.fusion_init == "classifier" and doc is None:
+        init = init_fusion_from_classifier(graph, loader.load(split.train[: min(len(split.train), 32)]))
+    elif doc is not None:
+        init = doc.get("init", init)
     params = freeze_backbone(graph)
     mean_t, std_t = torch.tensor(pre.mean), torch.tensor(pre.std)
     steps_per_epoch = math.ceil(len(split.train) / cfg.batch_size)
@@ -695,7 +783,6 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> Artifact:
         echo(f"resumed from {workdir} after epoch {epoch} (step {global_step})")
     workdir.mkdir(parents=True, exist_ok=True)
 
-    loader = Loader(pre, cfg.loader_threads)
     x_val = loader.load(split.val)
     val: dict[str, float] | None = history[-1]["val"] if history else None
     steps_now = 0
@@ -744,12 +831,13 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> Artifact:
             "wall_time_s": wall,
             "heldout": split.val_names(),
             "history": history,
+            "init": init,
         }
         save_checkpoint(workdir, graph, optimizer, scheduler, generator, meta)
 
     if val is None:
         val = validate(graph, x_val, pre.mean, pre.std, cfg.batch_size)
-    return write_tame_artifact(cfg, graph, bb_cfg, pre, split, epoch, global_step, wall, val, t_start)
+    return write_tame_artifact(cfg, graph, bb_cfg, pre, split, epoch, global_step, wall, val, t_start, init=init)
 
 
 def write_tame_artifact(
@@ -763,12 +851,15 @@ def write_tame_artifact(
     wall: float,
     val: dict[str, float],
     t_start: float,
+    *,
+    init: dict[str, Any] | None = None,
 ) -> Artifact:
-    """Write the artifact folder: the whole explain graph's state, the manifest with a ``training`` section, and
-    ``heldout.json``."""
+    """Write the artifact folder: the trained head (or the whole graph, see :func:`artifact_backbone`), the manifest
+    with a ``training`` section, and ``heldout.json``."""
     from engine.create import imagenet_class_names, save_state
 
     graph.eval()
+    bb_cfg, embed = artifact_backbone(cfg, bb_cfg)
     class_names = imagenet_class_names() if cfg.num_classes == 1000 else None
     options = {**graph.explainer.options_dict(), "taps": list(graph.explainer.taps)}  # the resolved taps
     manifest = new_manifest(bb_cfg, ExplainerConfig(METHOD, options), pre, class_names)
@@ -796,6 +887,7 @@ def write_tame_artifact(
             "max_lr": cfg.lr,
         },
         "loss": dataclasses.asdict(cfg.loss),
+        "init": init or {"fusion_init": "random"},
         "backbone_source": (cfg.source or "default (package where known, else pretrained)")
         if cfg.weights is None
         else f"file {cfg.weights}",
@@ -804,8 +896,36 @@ def write_tame_artifact(
         "final_val": {"ad@15": val["ad@15"], "ic@15": val["ic@15"], "metric": "ad_ic preset tame"},
     }
     with tempfile.TemporaryDirectory(prefix="xai-train-tame-") as tmp:
-        wpath = Path(tmp) / WEIGHTS
-        save_state(graph, wpath)
+        files: dict[str, Path] = {}
+        if embed:
+            files[WEIGHTS] = Path(tmp) / WEIGHTS
+            save_state(graph, files[WEIGHTS])
+        else:
+            files[HEAD_WEIGHTS] = Path(tmp) / HEAD_WEIGHTS
+            save_state(graph.explainer, files[HEAD_WEIGHTS])
         hpath = Path(tmp) / HELDOUT_FILE
         hpath.write_text(json.dumps(heldout, indent=1) + "\n", encoding="utf-8")
-        return write_artifact(manifest, cfg.out, {WEIGHTS: wpath, HELDOUT_FILE: hpath})
+        files[HELDOUT_FILE] = hpath
+        return write_artifact(manifest, cfg.out, files)
+
+
+def artifact_backbone(cfg: TrainConfig, bb_cfg: BackboneConfig) -> tuple[BackboneConfig, bool]:
+    """How the artifact names its backbone, and whether it embeds the whole graph.
+
+    A random backbone (tests) or ``embed_backbone`` embeds everything (``weights = artifact``). Otherwise only the
+    head is stored and the manifest names the backbone's source: the package, the library's ``pretrained``, or the
+    ``weights`` file by its path (relative to the artifact folder when it can be) and sha256.
+    """
+    from engine.artifact import sha256_file
+
+    if cfg.embed_backbone or (cfg.weights is None and bb_cfg.weights == "random"):
+        return dataclasses.replace(bb_cfg, weights="artifact"), True
+    if cfg.weights is None:
+        return bb_cfg, False
+    wfile = Path(cfg.weights).expanduser().resolve()
+    out = Path(cfg.out).expanduser().resolve()
+    try:
+        rel = os.path.relpath(wfile, out)
+    except ValueError:  # another drive (Windows)
+        rel = str(wfile)
+    return dataclasses.replace(bb_cfg, weights="external", weights_file=rel, weights_sha256=sha256_file(wfile)), False

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tame_loop import LossWeights, TrainConfig, train  # noqa: E402
 
+from engine.cli import parse_options  # noqa: E402
 from engine.errors import EngineError  # noqa: E402
 
 
@@ -38,6 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--weights", default=None, help="local .safetensors classifier state dict (overrides --source)")
     p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
+    p.add_argument(
+        "--backbone-option",
+        action="append",
+        default=[],
+        help="backbone constructor option KEY=VALUE (repeatable), e.g. fused=true for ../shared/weights MobileNetV2",
+    )
     p.add_argument("--taps", default=None, help="comma-separated backbone module paths (default: the explainer's)")
     p.add_argument(
         "--data", default="folder", help="engine.data dataset: folder, imagenet-sample, ... (default folder)"
@@ -61,6 +68,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --workdir")
     p.add_argument("--max-steps", type=int, default=None, help="stop this run after N optimiser steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--fusion-init",
+        choices=("random", "classifier"),
+        default="random",
+        help="random: the paper's init; classifier: start from the backbone's CAM (needs a tap that feeds the "
+        "classifier through a global average pool; for data with few images per class, see the README)",
+    )
+    p.add_argument(
+        "--embed-backbone",
+        action="store_true",
+        help="store the whole graph in the artifact (default: only the trained head, with the backbone named by "
+        "its package / pretrained tag / weights file + sha256)",
+    )
     return p.parse_args(argv)  # fmt: skip
 
 
@@ -72,6 +92,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         source=args.source,
         weights=args.weights,
         num_classes=args.num_classes,
+        backbone_kwargs=parse_options(args.backbone_option),
         taps=[t.strip() for t in args.taps.split(",")] if args.taps else None,
         data=args.data,
         data_root=args.data_root,
@@ -90,6 +111,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         max_steps=args.max_steps,
         command=shlex.join(["python", "training/train_tame.py", *argv]),
         progress=not args.no_progress,
+        embed_backbone=args.embed_backbone,
+        fusion_init=args.fusion_init,
     )
 
 

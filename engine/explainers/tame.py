@@ -275,13 +275,28 @@ class TTAME(Explainer):
     def forward(self, backbone: nn.Module, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Logits and the target class's map (B, h, w), min-max normalised per image.
 
-        Only the target's row of the fusion conv is computed: a gather of (B, sum C_i) weights and a batched matmul.
+        Only the target's row of the fusion conv is computed, and before the upsampling: the fusion conv and the
+        bilinear upsample are both linear and the upsample acts on each channel alike, so
+        ``row . up(a_i) = up(row_i . a_i)`` for each branch ``a_i``. Each branch is projected onto its slice of
+        the row at its own resolution (a gather and a batched matmul) and only the one-channel result is
+        upsampled: exact up to float rounding, and the 1280-channel maps are never upsampled.
         """
-        logits, feats = self.features(backbone, x)
+        logits, taps = backbone.forward_taps(x, self.taps)
         t = resolve_target(logits, target)
         weight = self.fusion.weight.flatten(1)[t]  # (B, sum C_i)
-        scores = torch.matmul(weight.unsqueeze(1), feats.flatten(2)).squeeze(1)  # (B, h*w)
+        h, w = self.out_size
+        scores = None
+        offset = 0
+        for tap, layout, branch in zip(self.taps, self.layouts, self.branches, strict=True):
+            a = branch(self._adapt(taps[tap], layout).detach())  # (B, C_i, h_i, w_i)
+            c = a.shape[1]
+            s_i = torch.matmul(weight[:, None, offset : offset + c], a.flatten(2))  # (B, 1, h_i * w_i)
+            s_i = s_i.reshape(-1, 1, *a.shape[-2:])
+            if tuple(a.shape[-2:]) != self.out_size:
+                s_i = F.interpolate(s_i, size=self.out_size, mode="bilinear", align_corners=False)
+            scores = s_i if scores is None else scores + s_i
+            offset += c
+        scores = scores.flatten(1)  # (B, h * w)
         if self.fusion.bias is not None:
             scores = scores + self.fusion.bias[t].unsqueeze(1)
-        h, w = self.out_size
         return logits, minmax_normalise(scores).reshape(-1, h, w)

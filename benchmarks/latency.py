@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime as _dt
 import gc
 import importlib.util
@@ -118,6 +119,7 @@ TABLE_COLUMNS = (
 )
 TARGET_RATIO = 1.2
 TARGET_SPEEDUP = 10.0
+TARGET_RATIO_TAME = 1.1  # T-TAME explain / classify (issue 4)
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,8 @@ class ModelSpec:
         weights: ``BackboneConfig.weights`` (``random`` or ``package``).
         method: the explainer.
         perturb: make random weights well-conditioned with ``tests/helpers.perturb_for_tests``.
+        artifact: an artifact folder to time as it is (``--artifact``: a trained T-TAME head, ...); it has no
+            reference form, so only ``classify`` and ``fast`` (= its explain graph) are timed.
     """
 
     key: str
@@ -139,6 +143,16 @@ class ModelSpec:
     weights: str
     method: str
     perturb: bool
+    artifact: str | None = None
+
+
+def artifact_spec(path: str) -> ModelSpec:
+    """The ModelSpec of an artifact folder (key: ``<method>:<folder name>``)."""
+    from engine.artifact import load_artifact
+
+    art = load_artifact(path)
+    bb = art.backbone
+    return ModelSpec(f"{art.method}:{Path(path).name}", bb.library, bb.name, bb.weights, art.method, False, str(path))
 
 
 MODELS = {
@@ -236,6 +250,16 @@ def build_model(spec: ModelSpec, seed: int, chunk_size: int) -> BuiltModel:
     Returns:
         The built model.
     """
+    if spec.artifact is not None:
+        from engine.artifact import load_artifact
+        from engine.backends.torch_ import graph_from_artifact
+
+        art = load_artifact(spec.artifact)
+        graph = graph_from_artifact(art)
+        classify = ClassifyGraph(graph.backbone).eval()
+        return BuiltModel(
+            spec, graph.backbone, art.preprocess, {"classify": classify, "fast": graph, "reference": graph}
+        )
     adapter = build_backbone(BackboneConfig(spec.library, spec.arch, 1000, spec.weights), seed=seed)
     if spec.perturb:
         helpers = load_module_from_file("_xai_tests_helpers", HELPERS_FILE)
@@ -460,6 +484,7 @@ class Settings:
     chunk_size: int
     peer_venv: Path
     peer_timeout: float
+    artifacts: list[str] = dataclasses.field(default_factory=list)
 
 
 class Benchmark:
@@ -495,6 +520,8 @@ class Benchmark:
         torch.set_num_threads(self.s.threads)
         for key in self.s.models:
             self.run_model(MODELS[key])
+        for path in self.s.artifacts:
+            self.run_model(artifact_spec(path))
         self.fill_derived()
         return self.records
 
@@ -523,7 +550,7 @@ class Benchmark:
             onnx_paths: dict[str, Path] = {}
             if need_onnx:
                 impls = [i for i in IMPLS if any(b != "torch" for b, _ in combos) or i == "classify"]
-                if not set(self.s.reference_batches) & set(self.s.batches):
+                if spec.artifact is not None or not set(self.s.reference_batches) & set(self.s.batches):
                     impls = [i for i in impls if i != "reference"]
                 for impl in impls:
                     t0 = time.perf_counter()
@@ -579,7 +606,9 @@ class Benchmark:
         key = model.spec.key
         runners: dict[str, tuple[Runner, dict[str, Any]]] = {}
         for impl in IMPLS:
-            if impl == "reference" and not set(self.s.reference_batches) & set(self.s.batches):
+            if impl == "reference" and (
+                model.spec.artifact is not None or not set(self.s.reference_batches) & set(self.s.batches)
+            ):
                 continue
             t0 = time.perf_counter()
             try:
@@ -851,7 +880,7 @@ def targets_summary(records: list[dict[str, Any]]) -> str:
     ]
     fast = [r for r in records if r["method"] == "vit-reciprocam" and r["impl"] == "fast"]
     if not fast:
-        return lines[0] + "\n  n.a. (no ViT fast rows)"
+        lines.append("  n.a. (no ViT fast rows)")
     for r in fast:
         ratio = r["ratio_to_classify"]
         speed = r["speedup_vs_openvino_xai"]
@@ -860,6 +889,13 @@ def targets_summary(records: list[dict[str, Any]]) -> str:
         lines.append(
             f"  {r['model']} {r['backend']}/{r['precision']} batch {r['batch']}: ratio {ratio_s}; speedup {speed_s}"
         )
+    tame = [r for r in records if r["method"] == "tame" and r["impl"] == "fast"]
+    if tame:
+        lines.append(f"targets (tame, T-TAME paper): ratio_to_classify <= {TARGET_RATIO_TAME}")
+    for r in tame:
+        ratio = r["ratio_to_classify"]
+        ratio_s = "n.a." if ratio is None else f"{'PASS' if ratio <= TARGET_RATIO_TAME else 'FAIL'} ({ratio:.3f})"
+        lines.append(f"  {r['model']} {r['backend']}/{r['precision']} batch {r['batch']}: ratio {ratio_s}")
     return "\n".join(lines)
 
 
@@ -924,7 +960,17 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
+    p.add_argument(
+        "--models",
+        default=None,
+        help=f"comma-separated subset of {', '.join(MODELS)} (default: all of them, or none when --artifact is given)",
+    )
+    p.add_argument(
+        "--artifact",
+        action="append",
+        default=[],
+        help="also time this artifact folder as it is (repeatable): classify vs its explain graph ('fast')",
+    )
     p.add_argument(
         "--backends",
         default=",".join(BACKENDS),
@@ -974,7 +1020,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Settings:
     """Validate the arguments and apply ``--quick``."""
     try:
-        models = _csv_list(args.models, tuple(MODELS))
+        if args.models is None:
+            models = [] if args.artifact else list(MODELS)
+        else:
+            models = _csv_list(args.models, tuple(MODELS))
         backends = _csv_list(args.backends, BACKENDS)
         ov_precisions = _csv_list(args.ov_precisions, OV_PRECISIONS)
         batches = _csv_list(args.batches, kind=int)
@@ -1004,6 +1053,7 @@ def parse_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         chunk_size=args.chunk_size,
         peer_venv=args.peer_venv,
         peer_timeout=args.peer_timeout,
+        artifacts=list(args.artifact),
     )
 
 

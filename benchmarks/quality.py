@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from engine import Engine  # noqa: E402
-from engine.artifact import default_artifact_path, load_artifact  # noqa: E402
+from engine.artifact import load_artifact  # noqa: E402
 from engine.backends.torch_ import graph_from_artifact  # noqa: E402
 from engine.data import open_dataset  # noqa: E402
 from engine.errors import EngineError  # noqa: E402
@@ -36,7 +36,8 @@ from engine.preprocess import Preprocessor  # noqa: E402
 
 # id:PRESET computes insertion, deletion and ID in one pass
 DEFAULT_METRICS = "id:rise,id:ovxai,ad_ic:tame,road:tame,adcc:reference"
-CSV_COLUMNS = ["dataset", "model", "method", "metric", "preset", "value", "n_images", "params"]
+CSV_COLUMNS = ["dataset", "model", "method", "metric", "preset", "value", "ci95_low", "ci95_high", "n_images", "params"]
+BOOTSTRAP_RESAMPLES = 2000
 # which direction is better, by metric name prefix (for the chart's titles)
 BETTER = {
     "insertion": "↑",
@@ -78,7 +79,7 @@ class Subject:
     """One artifact on one backend: its model callable, its own explanations, and the images prepared for it."""
 
     def __init__(self, artifact: str, backend: str, samples, batch_size: int, model_backend: str, out_dir: Path):
-        art = load_artifact(default_artifact_path() if artifact == "default" else artifact)
+        art = load_artifact(artifact)  # a folder, "default" or a built-in name
         self.art = art
         self.name = art.backbone.spec
         self.method = art.method
@@ -160,12 +161,64 @@ def cached_maps(subject: Subject, method: str, fn, ids: list[str], out_dir: Path
     return maps
 
 
+def bootstrap_ci(per_image: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of the mean over images (seeded): how much the value moves with the
+    sample of images, to tell real differences between methods from noise."""
+    v = np.asarray(per_image, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, len(v), size=(resamples, len(v)))
+    means = v[idx].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def select_images(samples: list, root: Path, images: str, limit: int | None, seed: int) -> list:
+    """The samples named by ``images`` (a JSON list of paths relative to the dataset root, or an artifact folder
+    whose ``heldout.json`` holds one), in dataset order; then a seeded subset of ``limit`` of them."""
+    import random
+
+    path = Path(images)
+    if path.is_dir():
+        path = path / "heldout.json"
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EngineError(f"--images {images}: cannot read a JSON list of image paths ({e}).") from e
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise EngineError(f"--images {path} must hold a non-empty JSON list of image paths.")
+
+    def key(sample) -> str:
+        try:
+            return sample.path.relative_to(root).as_posix()
+        except ValueError:
+            return str(sample.path)
+
+    by_name = {key(s): s for s in samples}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise EngineError(
+            f"--images {path}: {len(missing)} of {len(names)} images are not in the dataset at {root} "
+            f"(e.g. {missing[:3]}). Pass the dataset the list was made from (--data, --data-root)."
+        )
+    wanted = set(names)
+    chosen = [s for s in samples if key(s) in wanted]
+    if limit is not None and limit < len(chosen):
+        keep = sorted(random.Random(seed).sample(range(len(chosen)), limit))
+        chosen = [chosen[i] for i in keep]
+    return chosen
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     out = Path(args.out)
-    ds = open_dataset(args.data, args.data_root, subset=args.limit, seed=args.seed)
-    samples = list(ds)
+    if args.images:
+        ds = open_dataset(args.data, args.data_root)
+        samples = select_images(list(ds), ds.root, args.images, args.limit, args.seed)
+    else:
+        ds = open_dataset(args.data, args.data_root, subset=args.limit, seed=args.seed)
+        samples = list(ds)
     if not samples:
         raise EngineError(f"dataset {args.data} has no images at {args.data_root or 'its default root'}.")
     ids = [str(s.path.name) for s in samples]
@@ -205,7 +258,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 from engine.metrics import evaluate
 
                 results = evaluate(metric, preset, **kwargs)
-                new = [r for res in results.values() for r in res.to_rows(args.data, subject.name, method)]
+                new = []
+                for res in results.values():
+                    lo, hi = bootstrap_ci(res.per_image)
+                    for r in res.to_rows(args.data, subject.name, method):
+                        r["ci95_low"], r["ci95_high"] = lo, hi
+                        new.append(r)
                 for r in new:
                     r["seconds"] = round(time.perf_counter() - t0, 2)
                 _atomic_write(part, lambda fh, new=new: json.dump(new, fh, indent=1))
@@ -268,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", action="append", default=[], choices=["gradcam", "scorecam", "rise"])
     p.add_argument("--data", required=True, help="dataset name (imagenet-sample, imagenet-val, kahikatea, voc, ...)")
     p.add_argument("--data-root", default=None, help="dataset folder (default: ../shared/data/<name> when present)")
+    p.add_argument(
+        "--images",
+        default=None,
+        help="only these images: a JSON list of paths relative to the dataset root, or an artifact folder "
+        "(its heldout.json, the images its training never saw)",
+    )
     p.add_argument("--limit", type=int, default=None, help="number of images: a seeded random subset")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--metrics", default=DEFAULT_METRICS, help="comma-separated METRIC[:PRESET] list")

@@ -56,6 +56,7 @@ def test_quality_benchmark_writes_csv_chart_and_resumes(quality, tmp_path, examp
     assert {m for m, _, _ in keys} == {"reciprocam", "gradcam"}
     assert {"insertion", "deletion", "id", "ad@15", "ic@15"} <= {m for _, m, _ in keys}
     assert all(r["n_images"] == "2" and r["model"] == "timm/tf_efficientnet_lite0" for r in rows)
+    assert all(float(r["ci95_low"]) <= float(r["value"]) + 1e-9 <= float(r["ci95_high"]) + 2e-9 for r in rows)
     ins = {r["method"]: float(r["value"]) for r in rows if r["metric"] == "insertion"}
     dele = {r["method"]: float(r["value"]) for r in rows if r["metric"] == "deletion"}
     ids = {r["method"]: float(r["value"]) for r in rows if r["metric"] == "id"}
@@ -78,3 +79,46 @@ def test_quality_benchmark_reports_an_empty_dataset(quality, tmp_path, capsys):
     )
     assert code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_images_option_selects_a_held_out_list_and_refuses_unknown_names(quality, tmp_path, example_images):
+    import json
+
+    from engine.data import open_dataset
+    from engine.errors import EngineError
+
+    data = tmp_path / "photos"
+    (data / "sub").mkdir(parents=True)
+    for p in example_images[:3]:
+        (data / "sub" / p.name).write_bytes(p.read_bytes())
+    ds = open_dataset("folder", data)
+    samples = list(ds)
+    names = [f"sub/{p.name}" for p in example_images[:3]]
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "heldout.json").write_text(json.dumps(names[1:]))
+    chosen = quality.select_images(samples, ds.root, str(art), None, 0)
+    assert sorted(s.path.name for s in chosen) == sorted(p.name for p in example_images[1:3])
+    one = quality.select_images(samples, ds.root, str(art / "heldout.json"), 1, 0)
+    assert len(one) == 1 and one[0].path.name in {p.name for p in example_images[1:3]}
+    (art / "heldout.json").write_text(json.dumps([*names, "sub/missing.jpg"]))
+    with pytest.raises(EngineError, match="1 of 4 images are not in the dataset"):
+        quality.select_images(samples, ds.root, str(art), None, 0)
+    (art / "heldout.json").write_text("{}")
+    with pytest.raises(EngineError, match="non-empty JSON list"):
+        quality.select_images(samples, ds.root, str(art), None, 0)
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_images(quality):
+    import numpy as np
+
+    assert quality.bootstrap_ci(np.full(10, 3.5)) == (3.5, 3.5)
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(1.0, 1.0, 20), rng.normal(1.0, 1.0, 2000)
+    lo_s, hi_s = quality.bootstrap_ci(small)
+    lo_l, hi_l = quality.bootstrap_ci(large)
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert (hi_l - lo_l) < (hi_s - lo_s) / 5  # ~ 1/sqrt(n): 10x narrower for 100x the images
+    assert abs((hi_l - lo_l) - 2 * 1.96 / np.sqrt(2000)) < 0.02  # the normal-theory width
+    assert quality.bootstrap_ci(small) == (lo_s, hi_s)  # seeded
+    assert all(np.isnan(quality.bootstrap_ci(np.array([np.nan]))))

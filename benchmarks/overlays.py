@@ -1,0 +1,75 @@
+"""A picture to compare methods: one row per photo, one column per artifact (overlay + predicted class).
+
+    python benchmarks/overlays.py --artifact reciprocam-efficientnet_lite0 --artifact tame-efficientnet_lite0 \
+        --images examples/ --out docs/tame_vs_reciprocam.jpg
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from engine import Engine
+from engine.errors import EngineError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def collect(paths: list[str]) -> list[Path]:
+    """Image files given directly or found (non-recursively) in the given folders, sorted per folder."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise EngineError(f"{p} is neither an image file nor a folder.")
+    if not out:
+        raise EngineError(f"no images in {paths}.")
+    return out
+
+
+def grid(artifacts: list[str], images: list[Path], tile: int = 224, backend: str = "torch") -> Image.Image:
+    """Overlays of every image (rows) by every artifact (columns), each tile captioned with method and class."""
+    label_h = 18
+    sheet = Image.new("RGB", (tile * len(artifacts), (tile + label_h) * len(images)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for col, name in enumerate(artifacts):
+        engine = Engine.load(name, backend=backend)
+        for row, exp in enumerate(engine.explain(images)):
+            ov = exp.overlay().resize((tile, tile), Image.BILINEAR)
+            x, y = col * tile, row * (tile + label_h)
+            sheet.paste(ov, (x, y + label_h))
+            draw.text((x + 3, y + 3), f"{exp.method}: {exp.class_name} {exp.score:.2f}"[:38], fill="black")
+    return sheet
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="overlays.py", description=__doc__.splitlines()[0])
+    p.add_argument("--artifact", action="append", required=True, help="artifact folder or built-in name (repeatable)")
+    p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
+    p.add_argument("--tile", type=int, default=224, help="tile side in pixels")
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--out", required=True, help="output image (.jpg or .png)")
+    args = p.parse_args(argv)
+    try:
+        sheet = grid(args.artifact, collect(args.images), args.tile, args.backend)
+    except EngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    sheet.save(tmp, quality=88) if out.suffix.lower() in (".jpg", ".jpeg") else sheet.save(tmp)
+    os.replace(tmp, out)
+    print(f"wrote {out} ({sheet.size[0]}x{sheet.size[1]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

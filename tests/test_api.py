@@ -104,3 +104,21 @@ def test_import_engine_loads_no_runtime():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_builtin_artifacts_resolve_by_name_and_explain(example_images):
+    from engine.artifact import DEFAULT_BUILTIN, builtin_names, default_artifact_path, load_artifact
+    from engine.errors import ArtifactError
+
+    names = builtin_names()
+    assert DEFAULT_BUILTIN in names and {"reciprocam-efficientnet_lite0", "tame-efficientnet_lite0"} <= set(names)
+    assert load_artifact("default").path == default_artifact_path()
+    wolf = next(p for p in example_images if p.stem == "wolf")
+    for name in names:
+        art = load_artifact(name)  # verifies every file's sha256
+        exp = Engine.load(name, backend="torch").explain(wolf)
+        assert exp.method == art.method
+        assert exp.class_name in ("timber wolf", "white wolf", "grey wolf", "coyote"), name
+        assert exp.saliency.max() > 0.99 and exp.saliency.min() < 0.01
+    with pytest.raises(ArtifactError, match="built-in artifact"):
+        load_artifact("no-such-artifact")

@@ -410,3 +410,20 @@ def test_builtin_tame_head_records_a_reproducible_disjoint_held_out_split(shared
     assert split.val_names() == heldout
     train_names = {tame_loop._rel(p, split.root) for p in split.train}
     assert len(train_names) == t["data"]["train_images"] and not train_names & set(heldout)
+
+
+def test_mobilenet_v2_head_reads_the_shared_backbone_file(shared_data, example_images):
+    from engine import Engine
+    from engine.artifact import load_artifact
+
+    weights = shared_data.parent / "weights" / "mobilenet_v2_imagenet_fused.safetensors"
+    if not weights.is_file():
+        pytest.skip("../shared/weights is not present")
+    art = load_artifact(ROOT / "artifacts" / "tame-mobilenet_v2")
+    bb = art.manifest["backbone"]
+    assert bb["weights"] == "external" and bb["kwargs"] == {"fused": True}
+    assert len(json.loads(art.file("heldout.json").read_text())) >= 200
+    wolf = next(p for p in example_images if p.stem == "wolf")
+    exp = Engine.load(art, backend="torch").explain(wolf)
+    assert exp.method == "tame" and exp.saliency.shape == (400, 400)
+    assert exp.class_name in ("timber wolf", "white wolf", "grey wolf", "coyote", "Eskimo dog", "malamute")

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from engine import Engine  # noqa: E402
-from engine.artifact import load_artifact  # noqa: E402
+from engine.artifact import load_artifact, resolve_artifact_path  # noqa: E402
 from engine.backends.torch_ import graph_from_artifact  # noqa: E402
 from engine.data import open_dataset  # noqa: E402
 from engine.errors import EngineError  # noqa: E402
@@ -174,11 +174,11 @@ def bootstrap_ci(per_image: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, se
 
 
 def select_images(samples: list, root: Path, images: str, limit: int | None, seed: int) -> list:
-    """The samples named by ``images`` (a JSON list of paths relative to the dataset root, or an artifact folder
-    whose ``heldout.json`` holds one), in dataset order; then a seeded subset of ``limit`` of them."""
+    """The samples named by ``images`` (a JSON list of paths relative to the dataset root, or an artifact folder or
+    built-in name whose ``heldout.json`` holds one), in dataset order; then a seeded subset of ``limit`` of them."""
     import random
 
-    path = Path(images)
+    path = resolve_artifact_path(images)  # a folder, or a built-in artifact's name
     if path.is_dir():
         path = path / "heldout.json"
     try:

@@ -101,6 +101,8 @@ def test_images_option_selects_a_held_out_list_and_refuses_unknown_names(quality
     assert sorted(s.path.name for s in chosen) == sorted(p.name for p in example_images[1:3])
     one = quality.select_images(samples, ds.root, str(art / "heldout.json"), 1, 0)
     assert len(one) == 1 and one[0].path.name in {p.name for p in example_images[1:3]}
+    with pytest.raises(EngineError, match="200 of 200 images are not in the dataset"):  # a built-in's heldout.json
+        quality.select_images(samples, ds.root, "tame-efficientnet_lite0", None, 0)
     (art / "heldout.json").write_text(json.dumps([*names, "sub/missing.jpg"]))
     with pytest.raises(EngineError, match="1 of 4 images are not in the dataset"):
         quality.select_images(samples, ds.root, str(art), None, 0)

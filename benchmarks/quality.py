@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from engine import Engine  # noqa: E402
 from engine.artifact import load_artifact, resolve_artifact_path  # noqa: E402
 from engine.backends.torch_ import graph_from_artifact  # noqa: E402
-from engine.data import open_dataset  # noqa: E402
+from engine.data import image_name, open_dataset  # noqa: E402
 from engine.errors import EngineError  # noqa: E402
 from engine.preprocess import Preprocessor  # noqa: E402
 
@@ -188,13 +188,7 @@ def select_images(samples: list, root: Path, images: str, limit: int | None, see
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise EngineError(f"--images {path} must hold a non-empty JSON list of image paths.")
 
-    def key(sample) -> str:
-        try:
-            return sample.path.relative_to(root).as_posix()
-        except ValueError:
-            return str(sample.path)
-
-    by_name = {key(s): s for s in samples}
+    by_name = {image_name(s.path, root): s for s in samples}  # the names training wrote into heldout.json
     missing = [n for n in names if n not in by_name]
     if missing:
         raise EngineError(
@@ -202,7 +196,7 @@ def select_images(samples: list, root: Path, images: str, limit: int | None, see
             f"(e.g. {missing[:3]}). Pass the dataset the list was made from (--data, --data-root)."
         )
     wanted = set(names)
-    chosen = [s for s in samples if key(s) in wanted]
+    chosen = [s for s in samples if image_name(s.path, root) in wanted]
     if limit is not None and limit < len(chosen):
         keep = sorted(random.Random(seed).sample(range(len(chosen)), limit))
         chosen = [chosen[i] for i in keep]

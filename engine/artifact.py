@@ -162,6 +162,16 @@ def _export_hint(name: str, art: Artifact) -> str:
     return ""
 
 
+def path_from(folder: str | os.PathLike, target: str | os.PathLike) -> str:
+    """``target`` as a manifest names a file outside the artifact: relative to the artifact ``folder`` (both
+    resolved), or absolute where no relative path exists (another drive on Windows)."""
+    target = Path(target).expanduser().resolve()
+    try:
+        return os.path.relpath(target, Path(folder).expanduser().resolve())
+    except ValueError:
+        return str(target)
+
+
 def load_artifact(path: str | os.PathLike, *, verify: bool = True) -> Artifact:
     """Read and verify an artifact folder (format version, required keys, file hashes).
 

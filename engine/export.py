@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .artifact import INPUT_NAMES, ONNX, OPENVINO_BIN, OPENVINO_XML, OUTPUT_NAMES, Artifact, write_artifact
+from .artifact import INPUT_NAMES, ONNX, OPENVINO_BIN, OPENVINO_XML, OUTPUT_NAMES, Artifact, path_from, write_artifact
 from .errors import BackendUnavailableError, EngineError
 
 OPSET = 17
@@ -115,11 +115,7 @@ def export_artifact(artifact: Artifact, out_dir: str | os.PathLike, formats: tup
         if artifact.backbone.weights == "external":  # keep pointing at the same backbone file from the new folder
             from .backends.torch_ import external_weights_path
 
-            wfile = external_weights_path(artifact).resolve()
-            try:
-                rel = os.path.relpath(wfile, Path(out_dir).expanduser().resolve())
-            except ValueError:  # another drive (Windows)
-                rel = str(wfile)
+            rel = path_from(out_dir, external_weights_path(artifact))
             manifest["backbone"] = {**manifest["backbone"], "weights_file": rel}
         with torch.no_grad():  # the output shapes, read off the graph itself (whatever the method)
             logits, saliency = graph(torch.zeros(1, 3, *input_size, dtype=next(graph.parameters()).dtype))

@@ -408,7 +408,9 @@ def test_builtin_tame_head_records_a_reproducible_disjoint_held_out_split(shared
     )  # fmt: skip
     split = tame_loop.make_split(cfg)
     assert split.val_names() == heldout
-    train_names = {tame_loop._rel(p, split.root) for p in split.train}
+    from engine.data import image_name
+
+    train_names = {image_name(p, split.root) for p in split.train}
     assert len(train_names) == t["data"]["train_images"] and not train_names & set(heldout)
 
 

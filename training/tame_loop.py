@@ -56,6 +56,7 @@ from torch import Tensor, nn
 
 from engine.artifact import HEAD_WEIGHTS, WEIGHTS, Artifact, new_manifest, write_artifact
 from engine.config import BackboneConfig, ExplainerConfig, PreprocessConfig
+from engine.data import image_name
 from engine.errors import EngineError, InputError
 from engine.graph import ExplainGraph
 
@@ -413,14 +414,7 @@ class Split:
     val: list[Path]
 
     def val_names(self) -> list[str]:
-        return [_rel(p, self.root) for p in self.val]
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
+        return [image_name(p, self.root) for p in self.val]
 
 
 def make_split(cfg: TrainConfig) -> Split:
@@ -916,16 +910,13 @@ def artifact_backbone(cfg: TrainConfig, bb_cfg: BackboneConfig) -> tuple[Backbon
     head is stored and the manifest names the backbone's source: the package, the library's ``pretrained``, or the
     ``weights`` file by its path (relative to the artifact folder when it can be) and sha256.
     """
-    from engine.artifact import sha256_file
+    from engine.artifact import path_from, sha256_file
 
     if cfg.embed_backbone or (cfg.weights is None and bb_cfg.weights == "random"):
         return dataclasses.replace(bb_cfg, weights="artifact"), True
     if cfg.weights is None:
         return bb_cfg, False
-    wfile = Path(cfg.weights).expanduser().resolve()
-    out = Path(cfg.out).expanduser().resolve()
-    try:
-        rel = os.path.relpath(wfile, out)
-    except ValueError:  # another drive (Windows)
-        rel = str(wfile)
-    return dataclasses.replace(bb_cfg, weights="external", weights_file=rel, weights_sha256=sha256_file(wfile)), False
+    rel = path_from(cfg.out, cfg.weights)
+    return dataclasses.replace(
+        bb_cfg, weights="external", weights_file=rel, weights_sha256=sha256_file(Path(cfg.weights).expanduser())
+    ), False

@@ -262,6 +262,15 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def image_name(path: Path, root: Path) -> str:
+    """How an image is named in split lists such as an artifact's ``heldout.json``: its POSIX path relative to the
+    dataset root, or the full path for an image outside it."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
     """The image files in ``folder``, sorted by their path (recursively when asked)."""
     items = folder.rglob("*") if recursive else folder.iterdir()

@@ -150,7 +150,7 @@ def artifact_spec(path: str) -> ModelSpec:
     """The ModelSpec of an artifact folder (key: ``<method>:<folder name>``)."""
     from engine.artifact import load_artifact
 
-    art = load_artifact(path)
+    art = load_artifact(path, verify=False)  # the manifest only: build_model loads and verifies the files
     bb = art.backbone
     return ModelSpec(f"{art.method}:{Path(path).name}", bb.library, bb.name, bb.weights, art.method, False, str(path))
 

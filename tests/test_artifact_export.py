@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import perturb_for_tests
+from engine.testing import perturb_for_tests
 
 from engine import Engine
 from engine.artifact import WEIGHTS, load_artifact

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import random_backbone
+from engine.testing import random_backbone
 
 from engine.backbones import build_backbone
 from engine.config import BackboneConfig, ExplainerConfig, PreprocessConfig

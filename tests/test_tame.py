@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-from helpers import random_backbone
+from engine.testing import random_backbone
 from torch import nn
 
 from engine.backbones import build_backbone

@@ -267,7 +267,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
 
 def _backbone_file(tmp_path: Path) -> Path:
     """A seeded random Lite0 with 10 classes saved as a classifier weights file (library key names)."""
-    from helpers import perturb_for_tests
+    from engine.testing import perturb_for_tests
     from safetensors.torch import save_file
 
     from engine.backbones import build_backbone

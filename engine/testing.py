@@ -1,4 +1,7 @@
-"""Test helpers: well-conditioned random models (no weights are downloaded in tests)."""
+"""Helpers for tests and benchmarks: well-conditioned random models (nothing is downloaded).
+
+Shipped in the library so that benchmarks and users' own tests can build the same seeded subjects as the test suite.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,60 @@
+"""Atomic file writes, one implementation for the library, the CLI, training and the benchmarks.
+
+A file is written to a temporary sibling and moved over the target with ``os.replace``, so a reader never sees a
+half-written file and an interrupted write leaves the old file (or none) behind, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[IO[Any]], None], *, fsync: bool = True) -> Path:
+    """Write ``path`` atomically.
+
+    Args:
+        path: the target; its folder is created if needed.
+        data: text (written as UTF-8), bytes, or a function that writes to the open file (binary mode).
+        fsync: flush the file to disk before the rename.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            if isinstance(data, str):
+                fh.write(data.encode("utf-8"))
+            elif isinstance(data, bytes | bytearray):
+                fh.write(data)
+            else:
+                data(fh)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, write: Callable[[IO[str]], None]) -> Path:
+    """Write a text file atomically through a function that writes to the open text stream (UTF-8, ``\\n``)."""
+
+    def binary(fh: IO[bytes]) -> None:
+        import io
+
+        with io.TextIOWrapper(fh, encoding="utf-8", newline="", write_through=True) as text:
+            write(text)
+            text.detach()  # leave the binary file open for atomic_write to flush and close
+
+    return atomic_write(path, binary)

@@ -15,16 +15,15 @@ from PIL import Image, ImageDraw
 
 from engine import Engine
 from engine.errors import EngineError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+from engine.preprocess.decode import list_image_files
 
 
 def collect(paths: list[str]) -> list[Path]:
-    """Image files given directly or found (non-recursively) in the given folders, sorted per folder."""
+    """Image files given directly or found (non-recursively, not hidden) in the given folders, sorted per folder."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            out += list_image_files(p)
         elif p.is_file():
             out.append(p)
         else:

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import EngineError
 from ..preprocess import DEFAULT_MAX_PIXELS, load_image
+from ..preprocess.decode import IMAGE_SUFFIXES, is_image_file, list_image_files
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -33,8 +34,9 @@ __all__ = [
     "register_dataset",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"})
-"""File suffixes (compared in lower case) that the readers treat as images."""
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
+"""File suffixes (compared in lower case) that the readers treat as images (the same object as
+:data:`engine.preprocess.decode.IMAGE_SUFFIXES`)."""
 
 DATA_ENV_VAR = "XAI_ENGINE_DATA"
 """Environment variable naming a folder that holds the datasets' folders; checked before ``../shared/data``."""
@@ -257,11 +259,6 @@ class Dataset(Sequence[Sample]):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def is_image_file(path: Path) -> bool:
-    """Whether ``path`` names an image file by its suffix (and is not a hidden file)."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
 def image_name(path: Path, root: Path) -> str:
     """How an image is named in split lists such as an artifact's ``heldout.json``: its POSIX path relative to the
     dataset root, or the full path for an image outside it."""
@@ -273,8 +270,9 @@ def image_name(path: Path, root: Path) -> str:
 
 def list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
     """The image files in ``folder``, sorted by their path (recursively when asked)."""
-    items = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in items if p.is_file() and is_image_file(p))
+    if not recursive:
+        return list_image_files(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
 
 
 def require_file(path: Path, what: str, layout: str) -> Path:

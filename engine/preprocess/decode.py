@@ -1,52 +1,57 @@
-"""Image loading, the network-input transform, and mapping saliency maps back onto the original image.
+"""Decoding: turn a path, encoded bytes, a PIL image or a ``uint8`` array into a fully decoded RGB image.
 
-Every backend shares this one implementation, so an image becomes exactly the same tensor whatever runs the model.
-
-* :func:`load_image` turns a path, encoded bytes, a PIL image or a ``uint8`` array into a fully decoded RGB
-  :class:`PIL.Image.Image`, rejecting bad input with :class:`~engine.errors.ImageDecodeError` /
-  :class:`~engine.errors.InputError`.
-* :class:`Preprocessor` resizes, crops and normalises a batch, and records for each image which region of the
-  original the network saw (:class:`ImageMeta`).
-* :func:`saliency_to_image` upsamples a low-resolution saliency map onto that region of the original image.
+* :func:`load_image` decodes one image, rejecting bad input (missing, empty, truncated or corrupt files, image bombs,
+  modes that cannot become RGB) with :class:`~engine.errors.ImageDecodeError` / :class:`~engine.errors.InputError`.
+* :data:`IMAGE_SUFFIXES` is the one set of file suffixes treated as images when a folder is expanded (the CLI, the
+  dataset readers, the benchmarks); :func:`is_image_file` and :func:`list_image_files` apply it.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 import struct
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import PreprocessConfig
-from .errors import ImageDecodeError, InputError
+from ..errors import ImageDecodeError, InputError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
-    "ImageMeta",
-    "Preprocessor",
+    "IMAGE_SUFFIXES",
+    "is_image_file",
+    "list_image_files",
     "load_image",
-    "saliency_to_image",
 ]
 
 DEFAULT_MAX_PIXELS = 64_000_000
 """Largest ``width * height`` :func:`load_image` decodes unless told otherwise (a 8000x8000 photo)."""
 
-_RESAMPLING = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-}
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"})
+"""File suffixes (compared in lower case) treated as images when a folder is expanded into its image files."""
+
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _WHITE = (255, 255, 255, 255)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# image files
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` names an image file by its suffix (:data:`IMAGE_SUFFIXES`) and is not a hidden file."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (not recursive, hidden files skipped), sorted by path."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -319,204 +324,3 @@ def _from_array(arr: np.ndarray) -> Image.Image:
 
 def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Preprocessor
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ImageMeta:
-    """Where a network input came from.
-
-    Attributes:
-        original_size: ``(width, height)`` of the image given to the :class:`Preprocessor`.
-        crop_box: ``(left, top, right, bottom)`` in original-image pixel coordinates (continuous; pixel ``x`` spans
-            ``[x, x + 1)``) of the region shown by the network input. It may extend past the image edges only if the
-            crop had to be padded.
-    """
-
-    original_size: tuple[int, int]
-    crop_box: tuple[float, float, float, float]
-
-
-class Preprocessor:
-    """Resize, crop and normalise RGB images into a ``(B, 3, H, W)`` float32 batch.
-
-    ``"crop"`` mode reproduces timm's evaluation transform (``transforms_imagenet_eval``, ``crop_mode="center"``):
-    ``scale = floor(input / crop_pct)`` per side; for a square input the shorter image side is resized to ``scale``
-    and the longer to ``int(scale * long / short)`` (torchvision ``Resize(int)``, which truncates); for a non-square
-    input each side is divided by ``min(h / scale_h, w / scale_w)`` and rounded (timm ``ResizeKeepRatio``). The
-    centre crop offsets are ``int(round((size - crop) / 2))`` (torchvision ``CenterCrop``). ``"squash"`` mode resizes
-    the whole image to ``input_size``. Resizing uses Pillow with the configured resampling filter.
-
-    Args:
-        config: the transform settings; the default :class:`~engine.config.PreprocessConfig` when ``None``.
-    """
-
-    def __init__(self, config: PreprocessConfig | None = None) -> None:
-        self.config = config if config is not None else PreprocessConfig()
-        self._resample = _RESAMPLING[self.config.interpolation]
-        self._mean = np.asarray(self.config.mean, dtype=np.float32).reshape(3, 1, 1)
-        self._std = np.asarray(self.config.std, dtype=np.float32).reshape(3, 1, 1)
-
-    def __repr__(self) -> str:
-        return f"Preprocessor({self.config!r})"
-
-    def plan(self, size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
-        """The geometry applied to an image of ``size = (width, height)``.
-
-        Args:
-            size: ``(width, height)`` of the input image.
-
-        Returns:
-            ``((resized_width, resized_height), (left, top, right, bottom))``: the size the image is resized to
-            and the crop taken from the resized image, in resized pixels.
-        """
-        width, height = size
-        out_h, out_w = self.config.input_size
-        if self.config.resize_mode == "squash":
-            return (out_w, out_h), (0, 0, out_w, out_h)
-        scale_h = math.floor(out_h / self.config.crop_pct)
-        scale_w = math.floor(out_w / self.config.crop_pct)
-        if scale_h == scale_w:  # torchvision Resize(int): shorter side -> scale, longer side truncated
-            if width <= height:
-                new_w, new_h = scale_w, int(scale_w * height / width)
-            else:
-                new_w, new_h = int(scale_h * width / height), scale_h
-        else:  # timm ResizeKeepRatio(longest=0): match the side that needs the smaller ratio, round
-            ratio = min(height / scale_h, width / scale_w)
-            new_w, new_h = round(width / ratio), round(height / ratio)
-        left = _crop_offset(new_w, out_w)
-        top = _crop_offset(new_h, out_h)
-        return (new_w, new_h), (left, top, left + out_w, top + out_h)
-
-    def __call__(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, list[ImageMeta]]:
-        """Transform a batch of RGB images.
-
-        Args:
-            images: RGB PIL images, e.g. from :func:`load_image`.
-
-        Returns:
-            ``(batch, metas)``: a C-contiguous float32 array ``(B, 3, H, W)`` holding ``(x / 255 - mean) / std``, and
-            one :class:`ImageMeta` per image.
-
-        Raises:
-            InputError: ``images`` is empty, not a sequence, or holds something other than an RGB PIL image.
-        """
-        if isinstance(images, Image.Image):
-            raise InputError("Preprocessor takes a sequence of images, got a single image. Wrap it: pre([image]).")
-        if not isinstance(images, Sequence) or len(images) == 0:
-            raise InputError("Preprocessor needs a non-empty sequence (list/tuple) of RGB PIL images.")
-        out_h, out_w = self.config.input_size
-        batch = np.empty((len(images), 3, out_h, out_w), dtype=np.float32)
-        metas: list[ImageMeta] = []
-        for i, image in enumerate(images):
-            if not isinstance(image, Image.Image):
-                raise InputError(
-                    f"images[{i}] is a {type(image).__name__}, not a PIL image. Load it with "
-                    "engine.preprocess.load_image."
-                )
-            if image.mode != "RGB":
-                raise InputError(
-                    f"images[{i}] has mode {image.mode!r}, the preprocessor needs 'RGB'. Load it with "
-                    "engine.preprocess.load_image, which converts every mode to RGB."
-                )
-            if image.width < 1 or image.height < 1:
-                raise InputError(f"images[{i}] has no pixels (size {image.size}). Pass a non-empty image.")
-            pixels, meta = self._one(image)
-            chw = pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
-            batch[i] = (chw - self._mean) / self._std
-            metas.append(meta)
-        return batch, metas
-
-    def _one(self, image: Image.Image) -> tuple[np.ndarray, ImageMeta]:
-        width, height = image.size
-        (new_w, new_h), (left, top, right, bottom) = self.plan((width, height))
-        resized = image if (new_w, new_h) == (width, height) else image.resize((new_w, new_h), self._resample)
-        cropped = (
-            resized if (left, top, right, bottom) == (0, 0, new_w, new_h) else resized.crop((left, top, right, bottom))
-        )
-        sx, sy = width / new_w, height / new_h
-        box = (left * sx, top * sy, right * sx, bottom * sy)
-        return np.asarray(cropped, dtype=np.uint8), ImageMeta(original_size=(width, height), crop_box=box)
-
-
-def _crop_offset(size: int, crop: int) -> int:
-    """torchvision CenterCrop offset; negative when the crop is larger than the image (zero padding)."""
-    if crop > size:
-        return -((crop - size) // 2)
-    return round((size - crop) / 2.0)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# saliency_to_image
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def saliency_to_image(saliency: np.ndarray, meta: ImageMeta) -> np.ndarray:
-    """Upsample a low-resolution saliency map onto the original image.
-
-    The map covers ``meta.crop_box``. Each original pixel whose centre lies inside the box gets the bilinear
-    interpolation of the map at that centre, with ``align_corners=False`` semantics (identical to
-    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` when the box is the whole image).
-    Pixels outside the box are 0: the network never saw them, so the map says nothing about them.
-
-    Args:
-        saliency: a 2-D ``(h, w)`` map, nominally in [0, 1].
-        meta: the :class:`ImageMeta` the preprocessor returned for the image.
-
-    Returns:
-        A float32 ``(height, width)`` array at the original image size, clipped to [0, 1].
-
-    Raises:
-        InputError: the map is not a non-empty 2-D numeric array, holds NaN or inf, or the crop box is empty.
-    """
-    s = np.asarray(saliency)
-    if s.ndim != 2 or s.size == 0:
-        raise InputError(
-            f"saliency must be a non-empty 2-D (h, w) map, got shape {s.shape}. Squeeze batch/channel axes first, "
-            "e.g. saliency[0, 0]."
-        )
-    if not (np.issubdtype(s.dtype, np.floating) or np.issubdtype(s.dtype, np.integer) or s.dtype == np.bool_):
-        raise InputError(f"saliency must be numeric, got dtype {s.dtype}. Pass a float32 array.")
-    s = s.astype(np.float64)
-    if not np.isfinite(s).all():
-        raise InputError(
-            "saliency holds NaN or infinite values; the explainer produced an invalid map. Check the model output "
-            "or replace them with np.nan_to_num before mapping."
-        )
-    width, height = (int(v) for v in meta.original_size)
-    left, top, right, bottom = (float(v) for v in meta.crop_box)
-    if right <= left or bottom <= top:
-        raise InputError(
-            f"meta.crop_box {meta.crop_box} is empty; it must be (left, top, right, bottom) with right > left."
-        )
-    out = np.zeros((height, width), dtype=np.float32)
-    rows = _axis_weights(height, top, bottom, s.shape[0])
-    cols = _axis_weights(width, left, right, s.shape[1])
-    if rows is None or cols is None:
-        return out
-    (y_lo, y_hi, y0, y1, wy), (x_lo, x_hi, x0, x1, wx) = rows, cols
-    tmp = s[y0] * (1.0 - wy)[:, None] + s[y1] * wy[:, None]
-    sub = tmp[:, x0] * (1.0 - wx) + tmp[:, x1] * wx
-    out[y_lo:y_hi, x_lo:x_hi] = np.clip(sub, 0.0, 1.0)
-    return out
-
-
-def _axis_weights(
-    n_out: int, start: float, stop: float, n_in: int
-) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray] | None:
-    """Bilinear (align_corners=False) source indices/weights for the output pixels whose centre is in [start, stop)."""
-    centres = np.arange(n_out, dtype=np.float64) + 0.5
-    inside = np.nonzero((centres >= start) & (centres < stop))[0]
-    if inside.size == 0:
-        return None
-    lo, hi = int(inside[0]), int(inside[-1]) + 1
-    src = (centres[lo:hi] - start) * (n_in / (stop - start)) - 0.5
-    src = np.maximum(src, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    weight = src - i0
-    return lo, hi, i0, i1, weight

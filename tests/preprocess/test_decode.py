@@ -1,7 +1,8 @@
-"""Tests of engine.preprocess: image loading, the network-input transform and saliency mapping."""
+"""Tests of engine.preprocess.decode: load_image (decoding, bomb / truncation / mode checks) and IMAGE_SUFFIXES."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import struct
 import warnings
@@ -12,19 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from engine.config import PreprocessConfig
 from engine.errors import ImageDecodeError, InputError
-from engine.preprocess import (
-    DEFAULT_MAX_PIXELS,
-    ImageMeta,
-    Preprocessor,
-    _to_rgb,
-    load_image,
-    saliency_to_image,
-)
+from engine.preprocess import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
+from engine.preprocess.decode import _to_rgb
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
@@ -41,35 +34,10 @@ def _png(width: int, height: int, bit_depth: int, color_type: int, raw: bytes | 
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
 
 
-def _photo(width: int, height: int, seed: int = 0) -> np.ndarray:
-    """A photo-like uint8 RGB array: smooth colour gradients, a few blobs and mild noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    img = np.stack(
-        [
-            128 + 100 * np.sin(x / 37.0 + 0.5) * np.cos(y / 53.0),
-            128 + 90 * np.cos((x + y) / 41.0),
-            128 + 80 * np.sin(np.hypot(x - width / 3, y - height / 2) / 19.0),
-        ],
-        axis=-1,
-    )
-    for _ in range(5):
-        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(10, 40)
-        mask = (x - cx) ** 2 + (y - cy) ** 2 < r**2
-        img[mask] = rng.uniform(0, 255, size=3)
-    img += rng.normal(0, 6, size=img.shape)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
-
-
 def _encoded(arr: np.ndarray, fmt: str, **kwargs) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format=fmt, **kwargs)
     return buf.getvalue()
-
-
-@pytest.fixture
-def photo() -> np.ndarray:
-    return _photo(80, 64, seed=1)
 
 
 # ------------------------------------------------------------------------------------------------ load_image: OK
@@ -140,8 +108,8 @@ def test_text_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
-def test_truncated_file_is_detected(tmp_path: Path, fmt: str) -> None:
-    data = _encoded(_photo(120, 90, seed=2), fmt)
+def test_truncated_file_is_detected(tmp_path: Path, fmt: str, make_photo) -> None:
+    data = _encoded(make_photo(120, 90, seed=2), fmt)
     path = tmp_path / f"cut.{fmt.lower()}"
     path.write_bytes(data[: len(data) // 2])
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
@@ -363,8 +331,8 @@ def test_pil_input_is_not_modified(mode: str) -> None:
     np.testing.assert_array_equal(np.asarray(source), before)
 
 
-def test_lazy_truncated_pil_image_is_reported(tmp_path: Path) -> None:
-    data = _encoded(_photo(120, 90, seed=4), "PNG")
+def test_lazy_truncated_pil_image_is_reported(tmp_path: Path, make_photo) -> None:
+    data = _encoded(make_photo(120, 90, seed=4), "PNG")
     path = tmp_path / "cut.png"
     path.write_bytes(data[: len(data) // 2])
     with Image.open(path) as lazy, pytest.raises(ImageDecodeError, match="truncated"):
@@ -454,197 +422,34 @@ def test_wrong_python_type(bad) -> None:
         load_image(bad)
 
 
-# ------------------------------------------------------------------------------------------------- Preprocessor
+# ------------------------------------------------------------------------------------------------ IMAGE_SUFFIXES
 
 
-def test_constant_image_normalisation_exact() -> None:
-    colour = (10, 200, 31)
-    images = [Image.new("RGB", (300, 200), colour), Image.new("RGB", (50, 90), colour)]
-    batch, metas = Preprocessor()(images)
-    assert batch.shape == (2, 3, 224, 224)
-    assert batch.dtype == np.float32 and batch.flags.c_contiguous
-    expected = (np.array(colour, np.float32) / np.float32(255) - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
-    for c in range(3):
-        np.testing.assert_allclose(batch[:, c], expected[c], rtol=0, atol=1e-6)
-    assert [m.original_size for m in metas] == [(300, 200), (50, 90)]
+def test_image_suffixes_are_one_set_used_by_cli_benchmarks_and_datasets(tmp_path: Path) -> None:
+    """The CLI's folder expansion, benchmarks/overlays.py and the ``folder`` dataset reader list the same files."""
+    from engine.cli import expand_images
+    from engine.data import IMAGE_EXTENSIONS, ImageFolder
 
+    spec = importlib.util.spec_from_file_location("overlays_bench", ROOT / "benchmarks" / "overlays.py")
+    overlays = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overlays)
 
-def test_custom_mean_std_and_size() -> None:
-    config = PreprocessConfig(
-        input_size=(32, 48),
-        resize_mode="squash",
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.25, 1.0),
-    )
-    batch, _ = Preprocessor(config)([Image.new("RGB", (10, 10), (255, 0, 51))])
-    assert batch.shape == (1, 3, 32, 48)
-    np.testing.assert_allclose(batch[0, :, 5, 7], [1.0, -2.0, -0.3], atol=1e-6)
+    assert {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"} == IMAGE_SUFFIXES
+    assert IMAGE_EXTENSIONS is IMAGE_SUFFIXES
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (4, 3), (10, 20, 30)).save(folder / "a.ppm")
+    Image.new("RGB", (4, 3), (10, 20, 30)).save(folder / "b.gif")
+    for suffix in sorted(IMAGE_SUFFIXES - {".ppm", ".gif"}):  # listed by suffix only, nothing is decoded
+        (folder / f"c{suffix}").write_bytes(b"x")
+    (folder / "D.JPG").write_bytes(b"x")  # suffixes compare in lower case
+    (folder / ".hidden.png").write_bytes(b"x")  # hidden files are skipped
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "nested.png").mkdir()  # a folder, not a file; and folders are not entered
+    (folder / "nested.png" / "deep.png").write_bytes(b"x")
+    expected = sorted([folder / "a.ppm", folder / "b.gif", folder / "D.JPG"])
+    expected = sorted(expected + [folder / f"c{suffix}" for suffix in IMAGE_SUFFIXES - {".ppm", ".gif"}])
 
-
-def test_crop_box_crop_mode_landscape_and_portrait() -> None:
-    pre = Preprocessor(PreprocessConfig(input_size=(224, 224), crop_pct=0.875))
-    _, (landscape, portrait) = pre([Image.new("RGB", (320, 240)), Image.new("RGB", (240, 320))])
-    # 320x240 -> shorter side 256 -> 341x256 (torchvision truncates 341.33) -> crop at left=round(58.5)=58, top=16
-    assert landscape.original_size == (320, 240)
-    np.testing.assert_allclose(
-        landscape.crop_box,
-        (58 * 320 / 341, 15.0, 282 * 320 / 341, 225.0),
-        rtol=0,
-        atol=1e-9,
-    )
-    assert portrait.original_size == (240, 320)
-    np.testing.assert_allclose(
-        portrait.crop_box,
-        (15.0, 58 * 320 / 341, 225.0, 282 * 320 / 341),
-        rtol=0,
-        atol=1e-9,
-    )
-    assert pre.plan((320, 240)) == ((341, 256), (58, 16, 282, 240))
-
-
-def test_crop_box_squash_mode() -> None:
-    pre = Preprocessor(PreprocessConfig(resize_mode="squash"))
-    batch, (meta,) = pre([Image.new("RGB", (320, 240))])
-    assert batch.shape == (1, 3, 224, 224)
-    assert meta.crop_box == (0.0, 0.0, 320.0, 240.0)
-
-
-def test_crop_box_maps_input_pixels_back_exactly() -> None:
-    """On a linear ramp, bilinear resizing is exact, so each input pixel shows the original coordinate it maps to."""
-    width, height = 256, 200
-    y, x = np.mgrid[0:height, 0:width]
-    ramp = np.stack([x, y, np.zeros_like(x)], axis=-1).astype(np.uint8)  # R = x, G = y
-    config = PreprocessConfig(
-        input_size=(96, 96),
-        crop_pct=0.8,
-        interpolation="bilinear",
-        mean=(0, 0, 0),
-        std=(1, 1, 1),
-    )
-    batch, (meta,) = Preprocessor(config)([Image.fromarray(ramp)])
-    pixels = batch[0] * 255.0
-    left, top, right, bottom = meta.crop_box
-    j = np.arange(96)
-    expected_x = left + (j + 0.5) * (right - left) / 96 - 0.5  # centre of input column j, in original pixels
-    expected_y = top + (j + 0.5) * (bottom - top) / 96 - 0.5
-    inner = slice(2, -2)  # the image border itself is outside the crop anyway; keep away from rounding at edges
-    np.testing.assert_allclose(pixels[0, 48, inner], expected_x[inner], atol=0.6)
-    np.testing.assert_allclose(pixels[1, inner, 48], expected_y[inner], atol=0.6)
-
-
-@pytest.mark.parametrize("input_size", [(224, 224), (192, 256)])
-@pytest.mark.parametrize("image_size", [(320, 240), (240, 320), (500, 130), (130, 500)])
-@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
-def test_matches_timm_eval_transform(input_size, image_size, interpolation) -> None:
-    """Same Pillow resize + same crop arithmetic as timm: the tensors agree to float32 rounding (atol 1e-5)."""
-    from engine._compat import ensure_torchvision
-
-    ensure_torchvision()
-    timm_data = pytest.importorskip("timm.data")
-    image = Image.fromarray(_photo(*image_size, seed=5))
-    timm_tf = timm_data.create_transform(
-        input_size=(3, *input_size),
-        interpolation=interpolation,
-        crop_pct=0.875,
-        mean=MEAN,
-        std=STD,
-    )
-    expected = timm_tf(image).numpy()
-    config = PreprocessConfig(
-        input_size=input_size,
-        crop_pct=0.875,
-        interpolation=interpolation,
-        mean=MEAN,
-        std=STD,
-    )
-    batch, _ = Preprocessor(config)([image])
-    assert batch[0].shape == expected.shape
-    assert float(np.abs(batch[0] - expected).max()) < 1e-5
-
-
-def test_preprocessor_rejects_bad_input() -> None:
-    pre = Preprocessor()
-    with pytest.raises(InputError, match="non-empty"):
-        pre([])
-    with pytest.raises(InputError, match=r"\[image\]"):
-        pre(Image.new("RGB", (4, 4)))  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="load_image"):
-        pre([Image.new("L", (4, 4))])
-    with pytest.raises(InputError, match="load_image"):
-        pre([np.zeros((4, 4, 3), np.uint8)])  # type: ignore[list-item]
-
-
-# -------------------------------------------------------------------------------------------- saliency_to_image
-
-
-def test_saliency_equals_torch_bilinear_on_full_box() -> None:
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(6)
-    low = rng.random((7, 9), dtype=np.float32)
-    meta = ImageMeta(original_size=(123, 77), crop_box=(0.0, 0.0, 123.0, 77.0))
-    out = saliency_to_image(low, meta)
-    assert out.shape == (77, 123) and out.dtype == np.float32
-    ref = torch.nn.functional.interpolate(
-        torch.from_numpy(low)[None, None],
-        size=(77, 123),
-        mode="bilinear",
-        align_corners=False,
-    )[0, 0].numpy()
-    np.testing.assert_allclose(out, ref, atol=1e-5)
-
-
-def test_saliency_hot_cell_lands_in_place_squash() -> None:
-    low = np.zeros((7, 7), dtype=np.float32)
-    low[2, 5] = 1.0
-    meta = ImageMeta(original_size=(320, 240), crop_box=(0.0, 0.0, 320.0, 240.0))
-    out = saliency_to_image(low, meta)
-    y, x = np.unravel_index(np.argmax(out), out.shape)
-    assert abs(x + 0.5 - 5.5 / 7 * 320) <= 1.0
-    assert abs(y + 0.5 - 2.5 / 7 * 240) <= 1.0
-    assert out.max() > 0.95
-    assert out[:, :200].max() == 0.0 and out[150:].max() == 0.0  # far from the cell
-
-
-def test_saliency_crop_mode_box_and_zeros_outside() -> None:
-    _, (meta,) = Preprocessor()([Image.new("RGB", (320, 240))])
-    left, top, right, bottom = meta.crop_box
-    out = saliency_to_image(np.ones((14, 14), dtype=np.float32), meta)
-    assert out.shape == (240, 320)
-    cols = np.nonzero(out.max(axis=0) > 0)[0]
-    rows = np.nonzero(out.max(axis=1) > 0)[0]
-    assert cols[0] == 54 and cols[-1] == 264  # pixel centres 54.5 .. 264.5 lie in [54.43, 264.63)
-    assert rows[0] == 15 and rows[-1] == 224
-    assert (out[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] == 1.0).all()
-    assert out[:, :54].max() == 0 and out[:, 265:].max() == 0 and out[:15].max() == 0 and out[225:].max() == 0
-
-    hot = np.zeros((14, 14), dtype=np.float32)
-    hot[3, 10] = 1.0
-    out = saliency_to_image(hot, meta)
-    y, x = np.unravel_index(np.argmax(out), out.shape)
-    assert abs(x + 0.5 - (left + 10.5 / 14 * (right - left))) <= 1.0
-    assert abs(y + 0.5 - (top + 3.5 / 14 * (bottom - top))) <= 1.0
-
-
-def test_saliency_is_clipped() -> None:
-    low = np.array([[-1.0, 2.0], [0.5, 0.25]])
-    out = saliency_to_image(low, ImageMeta((8, 8), (0.0, 0.0, 8.0, 8.0)))
-    assert out.min() == 0.0 and out.max() == 1.0 and out.dtype == np.float32
-
-
-@pytest.mark.parametrize(
-    ("bad", "match"),
-    [
-        (np.zeros(5), "2-D"),
-        (np.zeros((1, 4, 4)), "2-D"),
-        (np.array([[0.0, np.nan]]), "NaN"),
-        (np.array([[0.0, np.inf]]), "NaN or infinite"),
-    ],
-)
-def test_saliency_rejects_bad_maps(bad: np.ndarray, match: str) -> None:
-    with pytest.raises(InputError, match=match):
-        saliency_to_image(bad, ImageMeta((8, 8), (0.0, 0.0, 8.0, 8.0)))
-
-
-def test_saliency_rejects_empty_crop_box() -> None:
-    with pytest.raises(InputError, match="crop_box"):
-        saliency_to_image(np.zeros((2, 2)), ImageMeta((8, 8), (4.0, 0.0, 4.0, 8.0)))
+    assert expand_images([str(folder)]) == expected
+    assert overlays.collect([str(folder)]) == expected
+    assert ImageFolder(folder).paths == expected

@@ -20,13 +20,8 @@ from .artifact import Artifact, default_artifact_path, load_artifact
 from .backends import Backend, get_backend_class, select_backend
 from .errors import InputError
 from .explanation import Explanation
+from .numeric import softmax
 from .preprocess import DEFAULT_MAX_PIXELS, Preprocessor, load_image, saliency_to_image
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _is_batch(images: Any) -> bool:
@@ -55,7 +50,7 @@ class Engine:
         backend: str = "auto",
         *,
         device: str = "auto",
-        precision: str = "fp32",
+        precision: str | None = None,
         threads: int | None = None,
         allow_version_mismatch: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -68,7 +63,8 @@ class Engine:
             backend: ``torch``, ``onnxruntime``, ``openvino`` or ``auto`` (the fastest the artifact and the
                 installed packages allow: OpenVINO, then ONNX Runtime, then torch).
             device: ``auto``, ``cpu`` or ``cuda``.
-            precision: ``fp32`` (default; parity with torch), ``bf16`` or ``fp16`` where the backend has it.
+            precision: ``fp32`` (parity with torch), ``bf16`` or ``fp16`` where the backend has it; None (the
+                default): the artifact's own precision (``fp32`` unless it was exported for another).
             threads: intra-op threads (default: the CPUs this process may use).
             allow_version_mismatch: accept an artifact made with other library versions.
             max_pixels: largest image (width x height) to decode; None for no limit.
@@ -80,7 +76,7 @@ class Engine:
         name = select_backend(art, backend)
         runner = get_backend_class(name)(
             art,
-            precision=precision,
+            precision=precision or art.precision,
             device=device,
             threads=threads,
             allow_version_mismatch=allow_version_mismatch,
@@ -154,7 +150,7 @@ class Engine:
         t2 = time.perf_counter()
         logits, lowres = self.backend.infer(batch, np.asarray(targets, dtype=np.int64))
         t3 = time.perf_counter()
-        probs = _softmax(logits)
+        probs = softmax(logits)
         results = []
         for i, meta in enumerate(metas):
             order = np.argsort(-probs[i])[: max(1, top_k)]
@@ -176,6 +172,7 @@ class Engine:
                     image=decoded[i] if keep_image else None,
                     source=sources[i],
                     crop_box=meta.crop_box,
+                    precision=self.backend.effective_precision,
                 )
             )
         t4 = time.perf_counter()
@@ -204,7 +201,10 @@ class Engine:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Engine({self.artifact.name!r}, backend={self.backend.name!r}, precision={self.backend.precision!r})"
+        return (
+            f"Engine({self.artifact.name!r}, backend={self.backend.name!r}, "
+            f"precision={self.backend.effective_precision!r})"
+        )
 
 
 def _source_name(image: Any) -> str | None:

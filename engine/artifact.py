@@ -100,6 +100,12 @@ class Artifact:
         return list(self.manifest.get("class_names") or [f"class_{i}" for i in range(self.backbone.num_classes)])
 
     @property
+    def precision(self) -> str:
+        """The precision the artifact's graph was exported for (``fp32`` unless an export says otherwise); the
+        default precision of :meth:`engine.Engine.load`."""
+        return str(self.manifest.get("precision") or "fp32")
+
+    @property
     def method(self) -> str:
         return self.manifest["explainer"]["method"]
 
@@ -152,11 +158,12 @@ def _create_hint(art: Artifact) -> str:
 
 
 def _export_hint(name: str, art: Artifact) -> str:
+    from .backends.registry import spec_writing  # the registry knows which export writes which file
+
     where = art.path or "ARTIFACT"
-    if name == ONNX:
-        return f"Export it with: python export/to_onnx.py {where} --out NEW_DIR"
-    if name in (OPENVINO_XML, OPENVINO_BIN):
-        return f"Export it with: python export/to_openvino.py {where} --out NEW_DIR"
+    spec = spec_writing(name)
+    if spec is not None and spec.script:
+        return f"Export it with: python {spec.script} {where} --out NEW_DIR"
     if name == WEIGHTS:
         return f"Re-create the artifact with: {_create_hint(art)}"
     return ""
@@ -212,6 +219,13 @@ def load_artifact(path: str | os.PathLike, *, verify: bool = True) -> Artifact:
         art.backbone, art.explainer, art.preprocess  # noqa: B018  (validates the configs)
     except Exception as e:  # noqa: BLE001
         raise ArtifactError(f"{mpath} holds an invalid config: {e}") from e
+    from .backends.registry import all_precisions
+
+    if art.precision not in all_precisions():
+        raise ArtifactError(
+            f"{mpath} says precision {art.precision!r}; this xai-engine runs {', '.join(all_precisions())}. "
+            "Re-export the artifact, or upgrade xai-engine."
+        )
     if verify:
         for name, digest in manifest["files"].items():
             fpath = root / name
@@ -272,13 +286,14 @@ def write_artifact(manifest: dict[str, Any], out_dir: str | os.PathLike, files: 
             dst = tmp / name
             shutil.copyfile(src, dst)
             manifest["files"][name] = sha256_file(dst)
+        from .backends.registry import BACKENDS  # which files record which library versions
+
         versions = {"xai_engine": engine_version()}
         for comp in ("torch", manifest["backbone"]["library"]):
             versions[comp] = installed_version(comp)
-        if ONNX in files:
-            versions["onnx"] = installed_version("onnx")
-        if OPENVINO_XML in files:
-            versions["openvino"] = installed_version("openvino")
+        for spec in BACKENDS.values():
+            if any(name in files for name in spec.writes):
+                versions.update({comp: installed_version(comp) for comp in spec.versions})
         manifest["versions"] = {k: v for k, v in versions.items() if v}
         manifest["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

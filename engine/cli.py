@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EngineError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+from .preprocess.decode import IMAGE_SUFFIXES as IMAGE_SUFFIXES
+from .preprocess.decode import list_image_files
 
 
 def expand_images(paths: list[str]) -> list[Path]:
-    """Files as given; folders expanded to their image files (sorted, not recursive)."""
+    """Files as given; folders expanded to their image files (``IMAGE_SUFFIXES``, not hidden; sorted, not recursive)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            out.extend(list_image_files(p))
         else:
             out.append(p)
     return out
@@ -139,6 +139,8 @@ def cmd_create(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         class_names=read_class_names(args.class_names) if args.class_names else None,
         backbone_kwargs=parse_options(args.backbone_option),
+        zero_shot=args.zero_shot,
+        templates=args.template or None,
     )
     print(f"created {art.path} ({art.name})")
     return 0
@@ -148,7 +150,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .create import resolve_ckpt
     from .export import export_artifact
 
-    formats = ("onnx",) if args.format == "onnx" else ("onnx", "openvino")
+    formats = (args.format,)
     with tempfile.TemporaryDirectory(prefix="xai-ckpt-") as tmp:
         art = export_artifact(resolve_ckpt(args.ckpt, tmp), args.out, formats)
     print(f"exported {art.path}: {', '.join(sorted(art.manifest['files']))}")
@@ -160,22 +162,27 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .backends import BACKENDS, backend_available
 
     art = load_artifact(args.artifact or default_artifact_path())
-    summary = {k: art.manifest.get(k) for k in ("name", "backbone", "explainer", "preprocess", "files", "versions")}
+    keys = ("name", "backbone", "explainer", "preprocess", "precision", "files", "versions")
+    summary = {k: art.manifest.get(k) for k in keys}
     summary["backends_installed"] = {name: backend_available(name) for name in BACKENDS}
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .backends.registry import BACKENDS, all_devices, all_precisions, export_formats
+
     parser = argparse.ArgumentParser(prog="xai-engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("explain", help="explain images: writes <stem>.png (overlay), <stem>.npy, results.jsonl")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--artifact", default=None, help="artifact folder or built-in name (default: the embedded default)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
+    p.add_argument("--device", default="auto", choices=["auto", *all_devices()])
+    p.add_argument(
+        "--precision", default=None, choices=all_precisions(), help="default: the artifact's own (fp32 unless exported)"
+    )
     p.add_argument("--target", default=None, help="class id or name to explain (default: the predicted class)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--threads", type=int, default=None)
@@ -208,12 +215,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="backbone constructor option KEY=VALUE (repeatable), e.g. fused=true",
     )
+    p.add_argument(
+        "--zero-shot",
+        action="store_true",
+        help="open_clip: build the classifier from the class names with CLIP's text tower (zero-shot)",
+    )
+    p.add_argument(
+        "--template",
+        action="append",
+        default=[],
+        help="zero-shot prompt template, e.g. 'a photo of a {}.' (repeatable; default that one)",
+    )
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_create)
 
-    p = sub.add_parser("export", help="export an artifact (or METHOD:LIBRARY/NAME) to ONNX or OpenVINO")
+    p = sub.add_parser("export", help="export an artifact (or METHOD:LIBRARY/NAME) to a backend's format")
     p.add_argument("ckpt", help="artifact folder, 'default', or METHOD:LIBRARY/NAME")
-    p.add_argument("--format", default="onnx", choices=["onnx", "openvino"])
+    p.add_argument(
+        "--format",
+        default="onnx",
+        choices=list(export_formats()),
+        help="what to write; a format converted from another (openvino from onnx) writes both",
+    )
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
 

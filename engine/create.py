@@ -13,7 +13,8 @@ from .backbones import WEIGHT_PACKAGES, build_backbone, parse_spec
 from .config import BackboneConfig, ExplainerConfig, PreprocessConfig
 from .errors import ArtifactError, InputError
 from .explainers import get_explainer_class
-from .graph import build_graph, load_weights
+from .graph import build_graph, save_graph
+from .state import load_weights
 
 
 def default_preprocess(adapter) -> PreprocessConfig:
@@ -77,6 +78,8 @@ def create_artifact(
     preprocess: PreprocessConfig | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
     seed: int = 0,
+    zero_shot: bool = False,
+    templates: list[str] | None = None,
 ) -> Artifact:
     """Create an artifact folder for a training-free method (or an untrained trainable one).
 
@@ -94,6 +97,9 @@ def create_artifact(
         preprocess: override the backbone's own evaluation transform.
         backbone_kwargs: extra constructor arguments for the library.
         seed: seed of random initialisations.
+        zero_shot: open_clip only: build the classifier from the class names with CLIP's text tower (zero-shot);
+            the text tower is used here and not stored.
+        templates: prompt templates of the zero-shot head (default ``"a photo of a {}."``).
     """
     library, name = parse_spec(backbone)
     get_explainer_class(method)  # fail early on an unknown method
@@ -103,32 +109,33 @@ def create_artifact(
         source = "package" if library == "timm" and name in WEIGHT_PACKAGES else "pretrained"
     if source not in ("pretrained", "package", "random", "file"):
         raise InputError(f"weights source must be pretrained, package, random or a file, got {source!r}.")
-    cfg = BackboneConfig(
-        library, name, num_classes, "random" if source == "file" else source, dict(backbone_kwargs or {})
-    )
+    kwargs = dict(backbone_kwargs or {})
+    if zero_shot:
+        if library != "open_clip":
+            raise InputError(f"a zero-shot head needs an open_clip backbone (CLIP's text tower), not {backbone}.")
+        kwargs["text_tower"] = True
+    cfg = BackboneConfig(library, name, num_classes, "random" if source == "file" else source, kwargs)
     adapter = build_backbone(cfg, seed=seed)
     if weights is not None:
         _load_user_weights(adapter, weights)
-    pre = preprocess or default_preprocess(adapter)
-    explainer_cfg = ExplainerConfig(method, dict(options or {}))
-    graph = build_graph(adapter, explainer_cfg, pre.input_size)
     if class_names is None and num_classes == 1000:
         class_names = imagenet_class_names()
     if class_names is not None and len(class_names) != num_classes:
         raise InputError(f"{len(class_names)} class names were given for {num_classes} classes.")
+    if zero_shot:
+        if class_names is None:
+            raise InputError("a zero-shot head is built from class names: pass class_names (CLI --class-names FILE).")
+        adapter.zero_shot_head(class_names, **({"templates": templates} if templates else {}))
+        kwargs.pop("text_tower")  # used here only: the artifact stores the classifier it made
+        kwargs["normalize"] = True
+        cfg.kwargs = kwargs
+    pre = preprocess or default_preprocess(adapter)
+    explainer_cfg = ExplainerConfig(method, dict(options or {}))
+    graph = build_graph(adapter, explainer_cfg, pre.input_size)
     cfg.weights = "artifact"
     manifest = new_manifest(cfg, ExplainerConfig(method, graph.explainer.options_dict()), pre, class_names)
     with tempfile.TemporaryDirectory(prefix="xai-create-") as tmp:
-        wpath = Path(tmp) / WEIGHTS
-        save_state(graph, wpath)
-        return write_artifact(manifest, out, {WEIGHTS: wpath})
-
-
-def save_state(module, path: str | os.PathLike) -> None:
-    """Save a module's state dict as safetensors (tensors cloned: shared storage is not allowed)."""
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}, str(path))
+        return write_artifact(manifest, out, {WEIGHTS: save_graph(graph, Path(tmp) / WEIGHTS)})
 
 
 def _load_user_weights(adapter, path: str | os.PathLike) -> None:

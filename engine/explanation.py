@@ -5,18 +5,16 @@ Colour maps are small numpy look-up tables so that nothing here imports matplotl
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from .errors import InputError
+from .fileio import atomic_write
 
 __all__ = ["COLORMAPS", "Explanation", "colormap_lut"]
 
@@ -114,6 +112,7 @@ class Explanation:
         source: where the image came from (a path), if known.
         crop_box: (left, top, right, bottom) of the region of the image the network saw, in image pixels; the
             overlay leaves the image untinted outside it (the map is 0 there by construction, not by evidence).
+        precision: the precision the backend actually ran (``fp32``, ``bf16``, ...; OpenVINO reports its own).
     """
 
     saliency: np.ndarray
@@ -129,6 +128,7 @@ class Explanation:
     image: Image.Image | None = field(default=None, repr=False)
     source: str | None = None
     crop_box: tuple[float, float, float, float] | None = None
+    precision: str | None = None
 
     def heatmap(self, colormap: str = "jet") -> Image.Image:
         """Colour the saliency map.
@@ -189,7 +189,8 @@ class Explanation:
 
         Returns:
             ``class_id``, ``class_name``, ``score``, ``target``, ``topk`` (list of ``{"id", "name", "prob"}``),
-            ``timings``, ``method``, ``backend``, ``source``, ``saliency_shape`` and ``saliency_lowres_shape``.
+            ``timings``, ``method``, ``backend``, ``precision``, ``source``, ``saliency_shape``,
+            ``saliency_lowres_shape`` and ``crop_box``.
         """
         return {
             "class_id": int(self.class_id),
@@ -200,6 +201,7 @@ class Explanation:
             "timings": {str(k): float(v) for k, v in self.timings.items()},
             "method": str(self.method),
             "backend": str(self.backend),
+            "precision": None if self.precision is None else str(self.precision),
             "source": None if self.source is None else str(self.source),
             "saliency_shape": [int(v) for v in np.shape(self.saliency)],
             "saliency_lowres_shape": [int(v) for v in np.shape(self.saliency_lowres)],
@@ -229,21 +231,6 @@ class Explanation:
         picture = self.heatmap() if self.image is None else self.overlay()
         saliency = np.ascontiguousarray(self.saliency, dtype=np.float32)
         paths = {"png": folder / f"{stem}.png", "npy": folder / f"{stem}.npy"}
-        _atomic_write(paths["png"], lambda fh: picture.save(fh, format="PNG"))
-        _atomic_write(paths["npy"], lambda fh: np.save(fh, saliency, allow_pickle=False))
+        atomic_write(paths["png"], lambda fh: picture.save(fh, format="PNG"))
+        atomic_write(paths["npy"], lambda fh: np.save(fh, saliency, allow_pickle=False))
         return paths
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` via a temporary file in the same folder and ``os.replace``; the temporary file never stays."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise

@@ -1,6 +1,8 @@
-"""Export: the explain graph is traced ONCE to ONNX; OpenVINO IR is compiled from that ONNX.
+"""Export: the explain graph is traced ONCE to ONNX; OpenVINO IR (and any later format) is converted from that ONNX.
 
-Conversions are named ``<target>_from_<source>``.
+Conversions are named ``<target>_from_<source>``. Which formats exist, what files each writes and which function
+builds them is the backend registry's business (:data:`engine.backends.registry.BACKENDS`); this module holds the
+conversion functions and :func:`export_artifact`, which runs them. Export imports no backend.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .artifact import INPUT_NAMES, ONNX, OPENVINO_BIN, OPENVINO_XML, OUTPUT_NAMES, Artifact, path_from, write_artifact
+from .artifact import INPUT_NAMES, OUTPUT_NAMES, Artifact, path_from, write_artifact
 from .errors import BackendUnavailableError, EngineError
+from .graph import external_weights_path, graph_from_artifact
 
 OPSET = 17
 
@@ -72,7 +75,7 @@ def onnx_from_module(
     return path
 
 
-def openvino_from_onnx(onnx_path: str | os.PathLike, xml_path: str | os.PathLike) -> Path:
+def ir_from_onnx(onnx_path: str | os.PathLike, xml_path: str | os.PathLike) -> Path:
     """Convert an ONNX file to OpenVINO IR (``.xml`` + ``.bin``), keeping fp32 weights (no fp16 compression)."""
     try:
         import openvino as ov
@@ -88,33 +91,40 @@ def openvino_from_onnx(onnx_path: str | os.PathLike, xml_path: str | os.PathLike
 def export_artifact(artifact: Artifact, out_dir: str | os.PathLike, formats: tuple[str, ...] = ("onnx",)) -> Artifact:
     """Write a new artifact folder holding the source artifact's files plus the exported graph(s).
 
+    The graph's trainable backbone deltas (LoRA) are merged into its weights first, so the exported graph holds no
+    LoRA op.
+
     Args:
         artifact: the source (a loaded artifact folder or one made in memory by :func:`engine.create.create_artifact`).
         out_dir: the new artifact folder.
-        formats: any of ``"onnx"`` and ``"openvino"`` (OpenVINO is compiled from the ONNX, which is kept).
+        formats: export format names from the backend registry (``onnx``, ``openvino``); a format converted from
+            another one (OpenVINO IR from ONNX) brings that one along.
     """
-    from .backends.torch_ import graph_from_artifact
+    from .backends.registry import export_formats, format_chain
 
-    unknown = set(formats) - {"onnx", "openvino"}
+    known = export_formats()
+    unknown = [f for f in formats if f not in known]
     if unknown:
-        raise EngineError(f"unknown export format(s) {sorted(unknown)}; choose onnx and/or openvino.")
+        raise EngineError(f"unknown export format(s) {sorted(unknown)}; choose from {sorted(known)}.")
     graph = graph_from_artifact(artifact)
+    graph.backbone.merge_deltas()
     input_size = tuple(artifact.preprocess.input_size)
+    chain = list(dict.fromkeys(spec for fmt in formats for spec in format_chain(fmt)))
+    regenerated = {name for spec in known.values() for name in spec.writes}
     with tempfile.TemporaryDirectory(prefix="xai-export-") as tmp:
         # every file but the exported graphs (made anew): weights, a trained head, heldout.json, ...
-        regenerated = {ONNX, OPENVINO_XML, OPENVINO_BIN}
         files = {n: artifact.file(n) for n in artifact.manifest.get("files", {}) if n not in regenerated}
         files.update({k: v for k, v in artifact.extra_files.items() if k not in regenerated})
-        onnx_path = onnx_from_module(graph, Path(tmp) / ONNX, input_size)
-        files[ONNX] = onnx_path
-        if "openvino" in formats:
-            xml = openvino_from_onnx(onnx_path, Path(tmp) / OPENVINO_XML)
-            files[OPENVINO_XML] = xml
-            files[OPENVINO_BIN] = xml.with_suffix(".bin")
+        for spec in chain:
+            build = spec.build_function()
+            target = Path(tmp) / spec.writes[0]
+            if spec.build_from is None:
+                build(graph, target, input_size)
+            else:
+                build(files[known[spec.build_from].writes[0]], target)
+            files.update({name: Path(tmp) / name for name in spec.writes})
         manifest = dict(artifact.manifest)
         if artifact.backbone.weights == "external":  # keep pointing at the same backbone file from the new folder
-            from .backends.torch_ import external_weights_path
-
             rel = path_from(out_dir, external_weights_path(artifact))
             manifest["backbone"] = {**manifest["backbone"], "weights_file": rel}
         with torch.no_grad():  # the output shapes, read off the graph itself (whatever the method)

@@ -53,8 +53,9 @@ def atomic_write_text(path: str | os.PathLike, write: Callable[[IO[str]], None])
     def binary(fh: IO[bytes]) -> None:
         import io
 
-        with io.TextIOWrapper(fh, encoding="utf-8", newline="", write_through=True) as text:
-            write(text)
-            text.detach()  # leave the binary file open for atomic_write to flush and close
+        text = io.TextIOWrapper(fh, encoding="utf-8", newline="", write_through=True)
+        write(text)
+        text.flush()
+        text.detach()  # leave the binary file open for atomic_write to flush and close
 
     return atomic_write(path, binary)

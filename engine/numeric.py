@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:  # the helpers use tensor methods only: importing this module does not import torch
+    from torch import Tensor
 
 
 def minmax(x: Tensor, dim: int | tuple[int, ...] = -1, eps: float = 1e-12) -> Tensor:
@@ -38,6 +41,6 @@ def softmax(logits: np.ndarray, dtype: np.dtype | type | None = None) -> np.ndar
 
 def as_numpy(x: Tensor | np.ndarray) -> np.ndarray:
     """A float32 or int NumPy view of a tensor (moved to the CPU) or an array, unchanged otherwise."""
-    if isinstance(x, torch.Tensor):
+    if hasattr(x, "detach"):  # a torch tensor
         return x.detach().cpu().numpy()
     return np.asarray(x)

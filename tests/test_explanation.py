@@ -32,6 +32,7 @@ def _explanation(with_image: bool = True, height: int = 30, width: int = 40) -> 
         saliency_lowres=rng.random((7, 7), dtype=np.float32),
         image=image,
         source="cat.jpg",
+        precision="bf16",
     )
 
 
@@ -147,6 +148,7 @@ def test_to_dict_is_json_and_complete() -> None:
         "timings": {"preprocess": 1.5, "forward": 12.0},
         "method": "gradcam",
         "backend": "torch",
+        "precision": "bf16",
         "source": "cat.jpg",
         "saliency_shape": [30, 40],
         "saliency_lowres_shape": [7, 7],

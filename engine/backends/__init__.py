@@ -1,5 +1,25 @@
-"""Runtime backends behind one base class; runtimes are imported only when a backend is opened."""
+"""Runtime backends behind one base class and one registry; runtimes are imported only when a backend is opened."""
 
-from .base import BACKENDS, PRECISIONS, Backend, backend_available, get_backend_class, select_backend
+from .base import (
+    PRECISIONS,
+    Backend,
+    backend_available,
+    default_threads,
+    get_backend_class,
+    open_backend,
+    select_backend,
+)
+from .registry import BACKENDS, BackendSpec, export_formats
 
-__all__ = ["BACKENDS", "PRECISIONS", "Backend", "backend_available", "get_backend_class", "select_backend"]
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "Backend",
+    "BackendSpec",
+    "backend_available",
+    "default_threads",
+    "export_formats",
+    "get_backend_class",
+    "open_backend",
+    "select_backend",
+]

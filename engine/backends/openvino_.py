@@ -1,7 +1,8 @@
-"""The OpenVINO backend: runs the artifact's IR (``model.xml``), or reads its ONNX directly when it has no IR.
+"""The OpenVINO backend: runs an artifact's IR (``model.xml``, or its ONNX when it has no IR), a bare ``.xml`` /
+``.onnx`` file, or a module exported to ONNX.
 
 The CPU plugin picks bf16 by itself on CPUs with AMX; the precision is therefore always set explicitly
-(``INFERENCE_PRECISION_HINT``) and recorded.
+(``INFERENCE_PRECISION_HINT``) and the precision the compiled model reports is recorded (``effective_precision``).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import numpy as np
 
 from ..artifact import ONNX, OPENVINO_XML
 from ..errors import EngineError
-from .base import Backend
+from .base import Backend, temporary_dir
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+_OUR_PRECISION = {v: k for k, v in _OV_PRECISION.items()}
 
 
 class OpenVINOBackend(Backend):
@@ -25,18 +27,31 @@ class OpenVINOBackend(Backend):
             raise EngineError(f"the openvino backend runs on the CPU here; device={self.device!r} is not supported.")
         self.device = "cpu"
         core = ov.Core()
-        source = self.artifact.file(OPENVINO_XML) if self.artifact.has(OPENVINO_XML) else self.artifact.file(ONNX)
-        model = core.read_model(str(source))
         config = {
             "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
             "INFERENCE_NUM_THREADS": self.threads,
             "PERFORMANCE_HINT": "LATENCY",
         }
-        self.compiled = core.compile_model(model, "CPU", config)
+        with temporary_dir() as tmp:  # a module is exported here; the compiled model keeps what it needs
+            source = self._source_file(tmp, (OPENVINO_XML, ONNX))
+            self.compiled = core.compile_model(core.read_model(str(source)), "CPU", config)
         self.request = self.compiled.create_infer_request()
-        self.source = source.name
+        self.source_name = source.name
         self._out = {o.get_any_name(): o for o in self.compiled.outputs}
+        image = next(i for i in self.compiled.inputs if i.get_any_name() == "image")
+        shape = [d.get_length() if d.is_static else None for d in image.get_partial_shape()]
+        logits = self._out["logits"].get_partial_shape()
+        self._learn_io(
+            [i.get_any_name() for i in self.compiled.inputs],
+            shape,
+            [d.get_length() if d.is_static else None for d in logits],
+        )
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        self.effective_precision = _OUR_PRECISION.get(hint, hint)
 
-    def _infer_impl(self, images: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        result = self.request.infer({"image": images, "target": targets})
-        return result[self._out["logits"]], result[self._out["saliency"]]
+    def _run_impl(self, images: np.ndarray, targets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        feeds = {"image": images} if targets is None or not self.explains else {"image": images, "target": targets}
+        result = self.request.infer(feeds)
+        logits = np.array(result[self._out["logits"]])
+        return logits, (np.array(result[self._out["saliency"]]) if self.explains else None)

@@ -3,14 +3,22 @@
 The classifier is ``Linear(embed_dim, num_classes)``. For zero-shot use, load the class text embeddings (times the
 logit scale) as its weight and set ``normalize=True`` so the image embedding is L2-normalised first; for a linear probe,
 train it with ``normalize=False``.
+
+Backbone kwargs of this library: ``normalize`` (above) and ``text_tower`` (keep CLIP's text encoder beside the adapter,
+outside its state, so that :meth:`OpenClipViT.zero_shot_head` can build the classifier from class names; the text
+tower is never saved in an artifact and never exported), plus open_clip's own ``create_model`` options.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 from torch import Tensor, nn
 
-from ..errors import UnsupportedModelError
+from ..errors import InputError, UnsupportedModelError
 from .base import BackboneAdapter, ViTParts, mha_self_attention, mha_weights
+from .taps import last_children
 
 
 class OpenClipClassifier(nn.Module):
@@ -40,6 +48,65 @@ class OpenClipClassifier(nn.Module):
 class OpenClipViT(BackboneAdapter):
     kind = "vit"
     library = "open_clip"
+    DEFAULT_TAPS = {"*": last_children("visual.transformer.resblocks")}
+
+    @property
+    def prefix_tokens(self) -> int:
+        return 1  # the class token
+
+    @property
+    def tokens_batch_first(self) -> bool:
+        return bool(getattr(self.model.visual.transformer, "batch_first", True))
+
+    # --- zero-shot head from class names (backbone kwarg text_tower=True) ---------------------------------------
+    def keep_text_tower(self, clip: nn.Module) -> None:
+        """Keep CLIP's text side outside the module tree: not in ``state_dict()``, not moved, never exported."""
+        self.__dict__["_text_tower"] = clip
+
+    @property
+    def has_text_tower(self) -> bool:
+        return self.__dict__.get("_text_tower") is not None
+
+    @torch.no_grad()
+    def zero_shot_head(
+        self, class_names: Sequence[str], templates: Sequence[str] = ("a photo of a {}.",), batch: int = 64
+    ) -> None:
+        """Make the classifier CLIP's zero-shot classifier for ``class_names``.
+
+        Each class's text embedding is the L2-normalised mean of the normalised embeddings of its prompts
+        (``template.format(name)``); the classifier's weight becomes ``logit_scale * embedding`` (bias 0) and the
+        image embedding is L2-normalised first (``normalize``), so logits are CLIP's
+        ``logit_scale * cos(image, text)``.
+
+        Raises:
+            InputError: no text tower was kept (build with backbone kwarg ``text_tower=True``), or the number of
+                names differs from the classifier's classes, or a template has no ``{}``.
+        """
+        import open_clip
+
+        clip = self.__dict__.get("_text_tower")
+        if clip is None:
+            raise InputError(
+                f"open_clip/{self.name} was built without its text tower; build it with backbone kwarg "
+                "text_tower=True (CLI: --backbone-option text_tower=true) to make a zero-shot head."
+            )
+        if len(class_names) != self.num_classes:
+            raise InputError(
+                f"{len(class_names)} class names for a {self.num_classes}-class classifier; pass one name per class "
+                f"(or build the backbone with num_classes={len(class_names)})."
+            )
+        if not templates or any("{}" not in t for t in templates):
+            raise InputError(f"each prompt template needs a '{{}}' for the class name, got {list(templates)}.")
+        tokenizer = open_clip.get_tokenizer(self.name)
+        prompts = [t.format(name) for name in class_names for t in templates]
+        emb = torch.cat([clip.encode_text(tokenizer(prompts[i : i + batch])) for i in range(0, len(prompts), batch)])
+        emb = emb / emb.norm(dim=-1, keepdim=True)
+        emb = emb.reshape(len(class_names), len(templates), -1).mean(dim=1)
+        emb = emb / emb.norm(dim=-1, keepdim=True)
+        classifier = self.model.classifier
+        classifier.weight.copy_(float(clip.logit_scale.exp()) * emb.to(classifier.weight))
+        classifier.bias.zero_()
+        self.model.normalize = True
 
     def vit_parts(self) -> ViTParts:
         m = self.model
@@ -60,8 +127,8 @@ class OpenClipViT(BackboneAdapter):
             pooled, _ = v._pool(y)
             return m.classify_pooled(pooled)
 
-        def head_cls(cls_vec: Tensor) -> Tensor:
-            return m.classify_pooled(v.ln_post(cls_vec))
+        def head_cls(cls_vec: Tensor) -> Tensor:  # the class token: (..., 1, D)
+            return m.classify_pooled(v.ln_post(cls_vec[..., 0, :]))
 
         token_pool = v.attn_pool is None and v.pool_type == "tok"
         grid = tuple(v.grid_size)
@@ -74,7 +141,8 @@ class OpenClipViT(BackboneAdapter):
             mlp=block.mlp,
             ls2=block.ls_2,
             head_tokens=head_tokens,
-            head_cls=head_cls if token_pool else None,
+            head_prefix=head_cls if token_pool else None,
+            read_tokens=(0,),
             attn_weights=mha_weights(block.attn),
             grid=(int(grid[0]), int(grid[1])),
             num_prefix_tokens=1,
@@ -89,6 +157,7 @@ def build_open_clip(name: str, num_classes: int, pretrained: str | None, kwargs:
 
     kwargs = dict(kwargs)
     normalize = bool(kwargs.pop("normalize", False))
+    text_tower = bool(kwargs.pop("text_tower", False))
     try:
         clip = open_clip.create_model(name, pretrained=pretrained, **kwargs)
     except RuntimeError as e:
@@ -98,4 +167,8 @@ def build_open_clip(name: str, num_classes: int, pretrained: str | None, kwargs:
     visual = clip.visual
     if not hasattr(visual, "transformer") or not hasattr(visual, "_embeds"):
         raise UnsupportedModelError(f"open_clip/{name} has no ViT image encoder (got {type(visual).__name__}).")
-    return OpenClipViT(OpenClipClassifier(visual, num_classes, normalize), name, num_classes)
+    adapter = OpenClipViT(OpenClipClassifier(visual, num_classes, normalize), name, num_classes)
+    if text_tower:
+        clip.visual = None  # the image tower lives in the adapter; the rest (text tower, logit scale) is kept aside
+        adapter.keep_text_tower(clip)
+    return adapter

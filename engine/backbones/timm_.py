@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
 from .base import AttentionWeights, BackboneAdapter, CNNHeadParts, ViTParts
+from .taps import EFFICIENTNET_LITE_TAPS, RESNET_TAPS, last_children
 
 
 def _timm_attention_weights(attn: nn.Module) -> AttentionWeights | None:
@@ -30,6 +31,11 @@ class TimmViT(BackboneAdapter):
 
     kind = "vit"
     library = "timm"
+    DEFAULT_TAPS = {"*": last_children("blocks")}
+
+    @property
+    def prefix_tokens(self) -> int:
+        return int(self.model.num_prefix_tokens)
 
     def vit_parts(self) -> ViTParts:
         m = self.model
@@ -47,10 +53,21 @@ class TimmViT(BackboneAdapter):
         def head_tokens(y: Tensor) -> Tensor:
             return m.forward_head(m.norm(y))
 
-        def head_cls(v: Tensor) -> Tensor:
-            return m.head(m.head_drop(m.fc_norm(m.norm(v))))
+        def head_cls(v: Tensor) -> Tensor:  # VisionTransformer.forward_head on the class token: (..., 1, D)
+            return m.head(m.head_drop(m.fc_norm(m.norm(v[..., 0, :]))))
+
+        def head_distilled(v: Tensor) -> Tensor:
+            # VisionTransformerDistilled.forward_head (eval): the mean of the class-token and distillation-token heads,
+            # without fc_norm; v is (..., 2, D): the class and distillation tokens
+            v = m.norm(v)
+            return (m.head(m.head_drop(v[..., 0, :])) + m.head_dist(m.head_drop(v[..., 1, :]))) / 2
 
         token_pool = m.global_pool == "token" and getattr(m, "attn_pool", None) is None
+        distilled = hasattr(m, "head_dist") and hasattr(m, "dist_token")  # timm's VisionTransformerDistilled (DeiT)
+        if distilled:
+            head_prefix, read_tokens = head_distilled, (0, 1)
+        else:
+            head_prefix, read_tokens = (head_cls if token_pool else None), (0,)
         grid = tuple(m.patch_embed.grid_size)
         return ViTParts(
             prefix=prefix,
@@ -61,7 +78,8 @@ class TimmViT(BackboneAdapter):
             mlp=block.mlp,
             ls2=nn.Sequential(block.ls2, block.drop_path2),
             head_tokens=head_tokens,
-            head_cls=head_cls if token_pool else None,
+            head_prefix=head_prefix,
+            read_tokens=read_tokens,
             attn_weights=_timm_attention_weights(block.attn),
             grid=(int(grid[0]), int(grid[1])),
             num_prefix_tokens=int(m.num_prefix_tokens),
@@ -81,6 +99,12 @@ class TimmCNN(BackboneAdapter):
 
     kind = "cnn"
     library = "timm"
+    DEFAULT_TAPS = {
+        "resnet*": RESNET_TAPS,
+        "resnext*": RESNET_TAPS,
+        "tf_efficientnet_lite*": EFFICIENTNET_LITE_TAPS,
+        "efficientnet_lite*": EFFICIENTNET_LITE_TAPS,
+    }
 
     def _is_efficientnet(self) -> bool:
         return all(hasattr(self.model, a) for a in ("conv_head", "bn2", "blocks", "classifier"))

@@ -7,11 +7,17 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
 from .base import BackboneAdapter, CNNHeadParts, ViTParts, mha_self_attention, mha_weights
+from .taps import RESNET_TAPS, last_children, last_maxpools
 
 
 class TorchvisionViT(BackboneAdapter):
     kind = "vit"
     library = "torchvision"
+    DEFAULT_TAPS = {"*": last_children("encoder.layers")}
+
+    @property
+    def prefix_tokens(self) -> int:
+        return 1  # the class token
 
     def vit_parts(self) -> ViTParts:
         m = self.model
@@ -28,8 +34,8 @@ class TorchvisionViT(BackboneAdapter):
         def head_tokens(y: Tensor) -> Tensor:
             return m.heads(m.encoder.ln(y)[:, 0])
 
-        def head_cls(v: Tensor) -> Tensor:
-            return m.heads(m.encoder.ln(v))
+        def head_cls(v: Tensor) -> Tensor:  # the class token: (..., 1, D)
+            return m.heads(m.encoder.ln(v[..., 0, :]))
 
         g = m.image_size // m.patch_size
         return ViTParts(
@@ -41,7 +47,8 @@ class TorchvisionViT(BackboneAdapter):
             mlp=block.mlp,
             ls2=nn.Identity(),
             head_tokens=head_tokens,
-            head_cls=head_cls,
+            head_prefix=head_cls,
+            read_tokens=(0,),
             attn_weights=mha_weights(block.self_attention),
             grid=(g, g),
             num_prefix_tokens=1,
@@ -53,6 +60,14 @@ class TorchvisionCNN(BackboneAdapter):
 
     kind = "cnn"
     library = "torchvision"
+    DEFAULT_TAPS = {
+        "vgg*": last_maxpools("features"),
+        "resnet*": RESNET_TAPS,
+        "resnext*": RESNET_TAPS,
+        "wide_resnet*": RESNET_TAPS,
+        # the last stride-16 stage, the last inverted-residual stage (stride 32), the activated head conv
+        "mobilenet_v2": ["features.13", "features.17", "features.18"],
+    }
 
     def _family(self) -> str:
         m = self.model

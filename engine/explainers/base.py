@@ -16,6 +16,8 @@ from torch import Tensor, nn
 
 from ..config import ExplainerConfig
 from ..errors import InputError, UnsupportedModelError
+from ..numeric import minmax as minmax_normalise  # noqa: F401  (kept importable: one implementation, engine.numeric)
+from ..state import load_weights
 
 _REGISTRY: dict[str, type[Explainer]] = {}
 
@@ -34,19 +36,13 @@ def register_explainer(name: str) -> Callable[[type[Explainer]], type[Explainer]
 
 
 def list_explainers() -> list[str]:
-    _import_builtin()
     return sorted(_REGISTRY)
 
 
 def get_explainer_class(method: str) -> type[Explainer]:
-    _import_builtin()
     if method not in _REGISTRY:
         raise UnsupportedModelError(f"unknown explanation method {method!r}; available: {sorted(_REGISTRY)}.")
     return _REGISTRY[method]
-
-
-def _import_builtin() -> None:
-    from . import reciprocam, tame  # noqa: F401  (registers the built-in methods)
 
 
 def build_explainer(cfg: ExplainerConfig, backbone: nn.Module, input_size: tuple[int, int]) -> Explainer:
@@ -64,12 +60,22 @@ def _checked_options(options_cls: type, options: dict[str, Any], method: str) ->
 
 
 class Explainer(nn.Module):
-    """Base class: subclasses set ``Options`` (a dataclass), ``backbone_kinds`` and implement ``forward``."""
+    """Base class: subclasses set ``Options`` (a dataclass), ``backbone_kinds`` and implement ``forward``.
+
+    The trainable protocol (a training-free method implements none of it; ``training/`` drives the rest):
+
+    * :meth:`training_forward`: what the method's loss needs from one batch (T-TAME: logits and every class's map);
+    * :meth:`trainable_parameters`: what the optimiser updates (the explainer's own parameters, and for methods that
+      adapt the backbone its deltas, ``backbone.delta_parameters()``); everything else stays frozen;
+    * :meth:`head_state_dict` / :meth:`load_head_state_dict`: the state saved as the artifact's head
+      (``explainer.safetensors``): the explainer's state plus the backbone's trainable deltas (LoRA), under
+      ``backbone.lora.``.
+    """
 
     method: ClassVar[str] = ""
-    trainable: ClassVar[bool] = False
     exportable: ClassVar[bool] = True
     backbone_kinds: ClassVar[tuple[str, ...]] = ("vit", "cnn")
+    DELTA_PREFIX: ClassVar[str] = "backbone.lora."
 
     @dataclasses.dataclass
     class Options:
@@ -87,14 +93,37 @@ class Explainer(nn.Module):
     def options_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.options)
 
+    # --- the trainable protocol ------------------------------------------------------------------------------------
+    @classmethod
+    def is_trainable(cls) -> bool:
+        """Whether the method trains (it implements :meth:`training_forward`)."""
+        return cls.training_forward is not Explainer.training_forward
+
+    def training_forward(self, backbone: nn.Module, x: Tensor) -> Any:
+        """The outputs the method's training loss needs for a normalised batch ``x`` (graph kept for backward)."""
+        raise UnsupportedModelError(f"{self.method} is training-free: it has nothing to train.")
+
+    def trainable_parameters(self, backbone: nn.Module) -> list[nn.Parameter]:
+        """The parameters an optimiser updates; empty for a training-free method."""
+        return []
+
+    def head_state_dict(self, backbone: nn.Module) -> dict[str, Tensor]:
+        """What an artifact stores as the trained head: the explainer's state plus the backbone's deltas.
+
+        Empty for a training-free method without parameters or buffers.
+        """
+        state = {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
+        state.update({f"{self.DELTA_PREFIX}{k}": v for k, v in backbone.delta_state_dict().items()})
+        return state
+
+    def load_head_state_dict(self, backbone: nn.Module, state: dict[str, Tensor]) -> str | None:
+        """Load a head saved by :meth:`head_state_dict`; None if it fit, else a short description of what did not."""
+        deltas = {k[len(self.DELTA_PREFIX) :]: v for k, v in state.items() if k.startswith(self.DELTA_PREFIX)}
+        own = {k: v for k, v in state.items() if not k.startswith(self.DELTA_PREFIX)}
+        problems = [p for p in (load_weights(self, own), backbone.load_delta_state_dict(deltas)) if p]
+        return "; ".join(problems) or None
+
 
 def resolve_target(logits: Tensor, target: Tensor) -> Tensor:
     """The class each map explains: ``target`` where >= 0, else the predicted class."""
     return torch.where(target >= 0, target, logits.argmax(dim=-1))
-
-
-def minmax_normalise(scores: Tensor) -> Tensor:
-    """Min-max normalise over the last dimension; a constant row becomes all zeros."""
-    lo = scores.amin(dim=-1, keepdim=True)
-    hi = scores.amax(dim=-1, keepdim=True)
-    return (scores - lo) / (hi - lo).clamp_min(1e-12)

@@ -7,16 +7,16 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-from engine.testing import random_backbone
 from torch import nn
 
 from engine.backbones import build_backbone
+from engine.backends import get_backend_class
 from engine.config import BackboneConfig, ExplainerConfig
 from engine.errors import InputError, UnsupportedModelError
 from engine.explainers.base import minmax_normalise
-from engine.explainers.tame import TTAME, default_taps
-from engine.export import onnx_from_module
+from engine.explainers.tame import TTAME
 from engine.graph import build_graph
+from engine.testing import random_backbone
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
 HAS_OV = importlib.util.find_spec("openvino") is not None
@@ -108,7 +108,7 @@ def test_default_taps_and_shapes(library, name, taps, shapes, grid):
     e = graph.explainer
     assert e.taps == taps and e.shapes == shapes and e.out_size == grid
     assert e.fusion.in_channels == sum(c for c, _, _ in shapes) and e.fusion.out_channels == 1000
-    assert type(e).trainable and e.options_dict() == {"taps": None, "num_classes": None, "skip": True}
+    assert type(e).is_trainable() and e.options_dict() == {"taps": None, "num_classes": None, "skip": True}
     keys = graph.state_dict().keys()
     assert {"explainer.fusion.weight", "explainer.branches.2.bn.running_var"} <= set(keys)
     with torch.no_grad():
@@ -120,8 +120,10 @@ def test_default_taps_and_shapes(library, name, taps, shapes, grid):
 def test_default_taps_follow_the_number_of_blocks():
     vit = _plain("timm", "vit_tiny_patch16_224")
     del vit.model.blocks[10:]  # 10 blocks left: the last three are 7, 8, 9
-    assert default_taps(vit) == ["blocks.7", "blocks.8", "blocks.9"]
-    assert default_taps(_plain("torchvision", "vit_b_16")) == [f"encoder.layers.encoder_layer_{i}" for i in (9, 10, 11)]
+    assert vit.default_taps() == ["blocks.7", "blocks.8", "blocks.9"]
+    assert _plain("torchvision", "vit_b_16").default_taps() == [
+        f"encoder.layers.encoder_layer_{i}" for i in (9, 10, 11)
+    ]
 
 
 @pytest.mark.parametrize("which", ["vit_graph", "lite0_graph"])
@@ -200,50 +202,41 @@ def test_bad_options_are_refused(vit_graph):
         build_graph(adapter, ExplainerConfig("tame", {"layers": ["blocks.9"]}))
 
 
-def _run_onnxruntime(path, x, t):
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(["logits", "saliency"], {"image": x, "target": t})
-
-
-def _run_openvino(path, x, t):
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    out = compiled([x, t])
-    return out[compiled.output("logits")], out[compiled.output("saliency")]
-
-
 RUNTIMES = [
-    pytest.param(_run_onnxruntime, marks=pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")),
-    pytest.param(_run_openvino, marks=pytest.mark.skipif(not HAS_OV, reason="openvino not installed")),
+    pytest.param("onnxruntime", marks=pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")),
+    pytest.param("openvino", marks=pytest.mark.skipif(not HAS_OV, reason="openvino not installed")),
 ]
 
 
 @pytest.fixture(scope="module")
-def exported(vit_graph, lite0_graph, tmp_path_factory):
+def opened(vit_graph, lite0_graph, tmp_path_factory):
+    """Each graph traced once to ONNX (at batch 2) and opened from that file on each installed runtime."""
+    from engine.export import onnx_from_module
+
     tmp = tmp_path_factory.mktemp("tame")
-    return {
-        "vit_graph": onnx_from_module(vit_graph, tmp / "vit.onnx", (224, 224), batch=2),
-        "lite0_graph": onnx_from_module(lite0_graph, tmp / "lite0.onnx", (224, 224), batch=2),
-    }
+    out = {}
+    for which, graph in (("vit_graph", vit_graph), ("lite0_graph", lite0_graph)):
+        path = onnx_from_module(graph, tmp / f"{which}.onnx", (224, 224), batch=2)
+        for runtime in [p.values[0] for p in RUNTIMES if not p.marks[0].args[0]]:
+            out[which, runtime] = get_backend_class(runtime)(path, precision="fp32")
+    return out
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES, ids=["onnxruntime", "openvino"])
 @pytest.mark.parametrize("which", ["vit_graph", "lite0_graph"])
-def test_export_matches_torch_fp32(request, exported, which, runtime):
+def test_export_matches_torch_fp32(request, opened, which, runtime):
     graph = request.getfixturevalue(which)
     x = _inputs(3, seed=9)  # batch 3 while the export traced batch 2: the batch axis is dynamic
     t = torch.tensor([-1, 5, -1])
     with torch.no_grad():
         lt, st = (v.numpy() for v in graph(x, t))
-    lo, so = runtime(exported[which], x.numpy(), t.numpy())
+    backend = opened[which, runtime]
+    lo, so = backend.infer(x.numpy(), t.numpy())
     assert so.shape == st.shape == (3, 14, 14)
     assert np.abs(lo - lt).max() <= TOL * max(1.0, np.abs(lt).max())
     assert np.abs(so - st).max() <= TOL
     t2 = torch.tensor([7, -1, 500])  # the target input is honoured (other targets give other maps)
     with torch.no_grad():
         st2 = graph(x, t2)[1].numpy()
-    so2 = runtime(exported[which], x.numpy(), t2.numpy())[1]
+    so2 = backend.infer_tensors(x, t2)[1].numpy()  # the tensor path gives the same
     assert np.abs(so2 - st2).max() <= TOL and np.abs(st2[0] - st[0]).max() > 1e-2

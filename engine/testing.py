@@ -18,9 +18,10 @@ def perturb_for_tests(
     """Make a random-init model a fair test subject.
 
     * LayerNorm weights and biases are perturbed (identity norms get folded away by compilers and hide bugs).
-    * The classifier head is re-randomised (torchvision initialises ViT heads to zero) and scaled so the logits have a
-      spread of about ``head_std``: masked copies then move the class probabilities by far more than float32 noise,
-      so min-max normalised maps are well conditioned.
+    * LayerScale gains (DINOv2, DeiT-3 start them at 1e-5, so the blocks would barely act) are set near 1.
+    * The classifier head (both heads of a distilled DeiT) is re-randomised (torchvision initialises ViT heads to zero)
+      and scaled so the logits have a spread of about ``head_std``: masked copies then move the class probabilities by
+      far more than float32 noise, so min-max normalised maps are well conditioned.
     * ViTs: the last block's attention output projection is scaled by ``attn_gain``. In a random deep ViT the masked
       attention barely moves the output (map ranges of ~1e-3, where float32 noise is ~1e-7); the gain makes the
       masked path dominate, so a float32 comparison at 1e-4 tests the algebra rather than rounding.
@@ -31,15 +32,30 @@ def perturb_for_tests(
             if isinstance(mod, nn.LayerNorm) and mod.weight is not None:
                 mod.weight.copy_(1 + 0.2 * torch.randn(mod.weight.shape, generator=g))
                 mod.bias.copy_(0.2 * torch.randn(mod.bias.shape, generator=g))
+            elif type(mod).__name__ == "LayerScale" and isinstance(getattr(mod, "gamma", None), nn.Parameter):
+                mod.gamma.copy_(1 + 0.2 * torch.randn(mod.gamma.shape, generator=g))
         if adapter.kind == "vit":  # make the last block's attention (the masked path) dominate its residual
             adapter.vit_parts().attn_weights.proj.weight.mul_(attn_gain)
-        head = _classifier(adapter)
-        head.weight.copy_(torch.randn(head.weight.shape, generator=g))
-        head.bias.copy_(0.1 * torch.randn(head.bias.shape, generator=g))
-        x = torch.randn(2, 3, 224, 224, generator=g)
+        heads = [_classifier(adapter)]
+        if isinstance(getattr(adapter.model, "head_dist", None), nn.Linear):  # timm's distilled DeiT: two heads
+            heads.append(adapter.model.head_dist)
+        for head in heads:
+            head.weight.copy_(torch.randn(head.weight.shape, generator=g))
+            head.bias.copy_(0.1 * torch.randn(head.bias.shape, generator=g))
+        x = torch.randn(2, 3, *input_size(adapter), generator=g)
         spread = adapter(x).std().item()
-        head.weight.mul_(head_std / max(spread, 1e-6))
+        for head in heads:
+            head.weight.mul_(head_std / max(spread, 1e-6))
     return adapter.eval()
+
+
+def input_size(adapter: BackboneAdapter) -> tuple[int, int]:
+    """The input size a model was built for (a ViT's patch grid fixes it), 224 x 224 where the model does not say."""
+    visual = getattr(adapter.model, "visual", None)  # open_clip
+    size = getattr(getattr(adapter.model, "patch_embed", None), "img_size", None) or getattr(visual, "image_size", None)
+    if size is None:
+        return (224, 224)
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def _classifier(adapter: BackboneAdapter) -> nn.Linear:

@@ -7,10 +7,12 @@ copies, as the saliency of that position. A row of ones is prepended to the mask
 one pass gives the logits and the map.
 
 ``impl="reference"`` runs the N masked copies as one batch through the real modules of the network's tail: the test
-oracle, and the path for heads the fast form does not cover. ``impl="fast"`` (the default) is exact algebra:
+oracle, and the path for heads the fast form does not cover. ``impl="fast"`` is exact algebra; ``impl="auto"`` (the
+default) takes the fast form where it applies and otherwise the reference form, with one warning:
 
 * ViT (METHODS.md section 1): masking is a per-token scalar, so it commutes with the k/v projections; with a head that
-  reads only the class token, only the class-token query matters. The tail then runs on N vectors, not N x T tokens.
+  reads only R prefix tokens (the class token; DeiT's class and distillation tokens), only their R queries matter. The
+  tail then runs on N x R vectors, not N x T tokens.
 * CNN: the masks take only a few distinct values per position (0, 1/16, 1/8, 1/4 and 1 for the unmasked copy). A
   per-position non-linear part of the head is evaluated once per distinct value, and each copy's pooled features are
   a one-hot gather-sum of those; a flatten-then-linear head (VGG) sums per-position contributions of its first Linear
@@ -21,6 +23,7 @@ oracle, and the path for heads the fast form does not cover. ``impl="fast"`` (th
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -67,14 +70,51 @@ def _chunks(batch: int, chunk_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + chunk_size, batch)) for s in range(0, batch, chunk_size)]
 
 
-def _check_impl(impl: str) -> None:
-    if impl not in ("fast", "reference"):
-        raise InputError(f"impl must be 'fast' or 'reference', got {impl!r}.")
+IMPLS = ("auto", "fast", "reference")
+
+
+def _resolve_impl(impl: str, reason: str | None, method: str, backbone: nn.Module) -> str:
+    """The form to run: ``"fast"`` or ``"reference"``.
+
+    ``impl="auto"`` takes the fast form where it applies (``reason`` is None), else the reference form with one
+    ``UserWarning`` naming the model and the reason; ``impl="fast"`` on a model it does not apply to raises.
+    """
+    if impl not in IMPLS:
+        raise InputError(f"impl must be one of {IMPLS}, got {impl!r}.")
+    if reason is None or impl == "reference":
+        return impl if impl == "reference" else "fast"
+    model = f"{backbone.library}/{backbone.name}"
+    if impl == "fast":
+        raise UnsupportedModelError(
+            f"the fast {method} does not apply to {model}: {reason}. "
+            "Use the option impl='reference' (or impl='auto', which falls back to it)."
+        )
+    warnings.warn(
+        f"{method}: the exact fast form does not apply to {model}: {reason}. impl='auto' therefore runs the "
+        "reference form (N masked copies through the real tail, many times the cost of one forward pass); "
+        "pass impl='reference' to choose it explicitly and silence this warning.",
+        UserWarning,
+        stacklevel=5,  # the caller of build_graph (-> build_explainer -> __init__ -> here)
+    )
+    return "reference"
 
 
 @register_explainer("vit-reciprocam")
 class ViTReciproCAM(Explainer):
-    """ViT-ReciproCAM (Byun & Lee): token masking at the first LayerNorm of the last encoder block."""
+    """ViT-ReciproCAM (Byun & Lee): token masking at the first LayerNorm of the last encoder block.
+
+    Masks: copy n multiplies the spatial mask of patch n into the patch tokens; every prefix token (class,
+    distillation and register tokens alike) gets the weight ``cls_weight``, as the paper does for the class token;
+    spatial masks apply to patch tokens only. The fast and the reference forms apply exactly these masks.
+
+    The fast form needs a head that reads only some prefix tokens (``ViTParts.read_tokens``, e.g. the class token, or
+    DeiT's class and distillation tokens; register tokens are masked but not read) and a plain multi-head attention in
+    the last block. It computes the queries of the R read tokens only: copy n's query of read token r is
+    ``M_n,r (F_r Wq^T) + bq`` (one shared query when every prefix mask value is 1), the attention scores are
+    ``M_n,j (q_r . k_j)`` over all keys j, and the tail (output projection, residual, ls1, norm2, MLP, ls2) runs on
+    (B, N+1, R, D) vectors before ``head_prefix``. ``self.impl`` is the form chosen (``options.impl`` stays as
+    given: ``"auto"`` resolves per model).
+    """
 
     backbone_kinds = ("vit",)
 
@@ -82,32 +122,35 @@ class ViTReciproCAM(Explainer):
     class Options:
         """Attributes:
         kernel: ``"gaussian"`` (3x3, the paper's default) or ``"dirac"`` (one token).
-        cls_weight: mask weight of the class token (1, the paper's default, or 0).
+        cls_weight: mask weight of the class token (1, the paper's default, or 0). It applies to EVERY prefix
+            token: the class token, DeiT's distillation token and register tokens; spatial masks apply to patch
+            tokens only.
         residual: ``"unmasked"`` (the last block's skip connection carries the unmodified block input, the paper's
             reading) or ``"masked"`` (the block input is masked like the LayerNorm output). Identical logits for a
-            class-token head with ``cls_weight=1``.
-        impl: ``"fast"`` (exact single-pass algebra) or ``"reference"`` (N masked copies through the real tail).
+            prefix-token head with ``cls_weight=1``.
+        impl: ``"auto"`` (the default: the fast form where it applies, else the reference form with one warning),
+            ``"fast"`` (exact single-pass algebra; raises on a model it does not apply to, e.g. a head that averages
+            all tokens) or ``"reference"`` (N masked copies through the real tail).
         chunk_size: images per reference batch in eager mode (bounds memory); ignored by the fast form.
         """
 
         kernel: str = "gaussian"
         cls_weight: float = 1.0
         residual: str = "unmasked"
-        impl: str = "fast"
+        impl: str = "auto"
         chunk_size: int = 1
 
     def __init__(self, options: Options, backbone: nn.Module, input_size: tuple[int, int]):
         super().__init__(options, backbone, input_size)
-        _check_impl(options.impl)
         if options.residual not in ("unmasked", "masked"):
             raise InputError(f"residual must be 'unmasked' or 'masked', got {options.residual!r}.")
         parts = backbone.vit_parts()
-        reason = parts.fast_unsupported_reason
-        if options.impl == "fast" and reason:
-            raise UnsupportedModelError(
-                f"the fast ViT-ReciproCAM does not apply to {backbone.library}/{backbone.name}: {reason}. "
-                "Use the option impl='reference'."
-            )
+        self.impl = _resolve_impl(options.impl, parts.fast_unsupported_reason, "ViT-ReciproCAM", backbone)
+        self.read_tokens = tuple(int(r) for r in parts.read_tokens)  # non-empty where the fast form applies
+        # a slice where the read tokens are contiguous (exports as Slice, not Gather), else an index list
+        read = self.read_tokens
+        contiguous = bool(read) and read == tuple(range(read[0], read[-1] + 1))
+        self._read_index = slice(read[0], read[-1] + 1) if contiguous else list(read)
         self.grid = parts.grid
         spatial = spatial_masks(parts.grid, options.kernel)
         n, p = spatial.shape[0], parts.num_prefix_tokens
@@ -118,14 +161,16 @@ class ViTReciproCAM(Explainer):
         self.shared_query = bool((masks[:, :p] == 1).all())
 
     def forward(self, backbone: nn.Module, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        return _saliency(self.copy_logits(backbone, x), target, self.grid)
+
+    def copy_logits(self, backbone: nn.Module, x: Tensor) -> Tensor:
+        """The logits of every copy (B, N+1, C): copy 0 is the unmasked network, copy n is masked around patch n."""
         parts = backbone.vit_parts()
         tokens = parts.prefix(x)
         f = parts.norm1(tokens)
-        if self.options.impl == "fast":
-            logits_all = self._fast(parts, tokens, f)
-        else:
-            logits_all = torch.cat([self._reference(parts, tokens[a:b], f[a:b]) for a, b in self._chunks(x)], dim=0)
-        return _saliency(logits_all, target, self.grid)
+        if self.impl == "fast":
+            return self._fast(parts, tokens, f)
+        return torch.cat([self._reference(parts, tokens[a:b], f[a:b]) for a, b in self._chunks(x)], dim=0)
 
     def _chunks(self, x: Tensor) -> list[tuple[int, int]]:
         return _chunks(x.shape[0], self.options.chunk_size)
@@ -136,23 +181,27 @@ class ViTReciproCAM(Explainer):
         heads = aw.num_heads
         dh = d // heads
         m = self.masks  # (N+1, T)
+        n1 = m.shape[0]
+        read = self._read_index  # the R prefix tokens the head reads
+        r = len(self.read_tokens)
         k = F.linear(f, aw.wk).reshape(b, t, heads, dh)  # F Wk^T: the key bias only shifts all scores equally
         v = F.linear(f, aw.wv).reshape(b, t, heads, dh)  # F Wv^T: the value bias is added after the weighted sum
-        mm = m[None, :, None, :]  # (1, N+1, 1, T)
-        if self.shared_query:  # every copy keeps the class token whole: one query for all copies
-            q = F.linear(f[:, 0], aw.wq, aw.bq).reshape(b, heads, dh)
-            a = torch.einsum("bhd,bthd->bht", q, k)[:, None] * (dh**-0.5)  # (B, 1, H, T)
-        else:  # copy n's class-token query is M_n,cls (F_cls Wq^T) + bq
-            q = m[None, :, 0:1] * F.linear(f[:, 0], aw.wq)[:, None] + aw.bq  # (B, N+1, D)
-            a = torch.einsum("bnhd,bthd->bnht", q.reshape(b, -1, heads, dh), k) * (dh**-0.5)  # (B, N+1, H, T)
-        p = (mm * a).softmax(dim=-1) * mm  # softmax_j(M_nj a_hj) * M_nj
-        o = torch.einsum("bnht,bthd->bnhd", p, v).reshape(b, m.shape[0], d) + aw.bv
+        mm = m[None, :, None, None, :]  # (1, N+1, 1, 1, T)
+        mr = m[:, read]  # (N+1, R): the read tokens' mask values
+        if self.shared_query:  # every copy keeps the prefix tokens whole: one query per read token for all copies
+            q = F.linear(f[:, read], aw.wq, aw.bq).reshape(b, r, heads, dh)
+            a = torch.einsum("brhd,bthd->brht", q, k)[:, None] * (dh**-0.5)  # (B, 1, R, H, T)
+        else:  # copy n's query of read token r is M_n,r (F_r Wq^T) + bq
+            q = mr[None, :, :, None] * F.linear(f[:, read], aw.wq)[:, None] + aw.bq  # (B, N+1, R, D)
+            a = torch.einsum("bnrhd,bthd->bnrht", q.reshape(b, n1, r, heads, dh), k) * (dh**-0.5)  # (B,N+1,R,H,T)
+        p = (mm * a).softmax(dim=-1) * mm  # softmax_j(M_nj a_rhj) * M_nj
+        o = torch.einsum("bnrht,bthd->bnrhd", p, v).reshape(b, n1, r, d) + aw.bv
         o = aw.proj(o)
-        cls = tokens[:, None, 0]  # (B, 1, D)
-        res = cls if self.options.residual == "unmasked" else cls * m[None, :, 0:1]
+        pre = tokens[:, None, read]  # (B, 1, R, D): the read tokens' block input
+        res = pre if self.options.residual == "unmasked" else pre * mr[None, :, :, None]
         y = res + parts.ls1(o)
         y = y + parts.ls2(parts.mlp(parts.norm2(y)))
-        return parts.head_cls(y)  # (B, N+1, C)
+        return parts.head_prefix(y)  # (B, N+1, C)
 
     def _reference(self, parts, tokens: Tensor, f: Tensor) -> Tensor:
         b = f.shape[0]
@@ -177,7 +226,9 @@ class ReciproCAM(Explainer):
     class Options:
         """Attributes:
         kernel: ``"gaussian"`` (3x3) or ``"dirac"``.
-        impl: ``"fast"`` (distinct-mask-value algebra) or ``"reference"`` (N masked copies through the real head).
+        impl: ``"auto"`` (the default: the fast form where the backbone describes its head, else the reference
+            form with one warning), ``"fast"`` (distinct-mask-value algebra; raises where the head is unknown) or
+            ``"reference"`` (N masked copies through the real head).
         layer: which feature map to mask: ``"features"`` (the last one) or a backbone-specific earlier one
             (``"pre_head"`` for timm EfficientNets: before the 1x1 head conv, so the head is non-linear per position;
             on real EfficientNet weights the masked copies there barely differ, so prefer ``"features"``).
@@ -185,25 +236,25 @@ class ReciproCAM(Explainer):
         """
 
         kernel: str = "gaussian"
-        impl: str = "fast"
+        impl: str = "auto"
         layer: str = "features"
         chunk_size: int = 1
 
     def __init__(self, options: Options, backbone: nn.Module, input_size: tuple[int, int]):
         super().__init__(options, backbone, input_size)
-        _check_impl(options.impl)
+        if options.impl not in IMPLS:
+            raise InputError(f"impl must be one of {IMPLS}, got {options.impl!r}.")
         with torch.no_grad():
             probe = next(backbone.parameters())
             a = backbone.cnn_features(
                 torch.zeros(1, 3, *input_size, dtype=probe.dtype, device=probe.device), options.layer
             )
         self.grid = (int(a.shape[2]), int(a.shape[3]))
-        self.parts = backbone.cnn_head_parts(options.layer) if options.impl == "fast" else None
-        if options.impl == "fast" and self.parts is None:
-            raise UnsupportedModelError(
-                f"the fast ReciproCAM does not know the head of {backbone.library}/{backbone.name}. "
-                "Use the option impl='reference'."
-            )
+        parts = backbone.cnn_head_parts(options.layer) if options.impl != "reference" else None
+        reason = None if parts is not None else "its head is not of a known pointwise -> pool/flatten -> Linear form"
+        # the resolved form (options.impl stays as given: "auto" resolves per model)
+        self.impl = _resolve_impl(options.impl, reason, "ReciproCAM", backbone)
+        self.parts = parts if self.impl == "fast" else None
         spatial = spatial_masks(self.grid, options.kernel)
         masks = torch.cat([torch.ones(1, spatial.shape[1]), spatial], dim=0)  # copy 0: the unmasked network
         values = torch.unique(masks)  # the few distinct mask values
@@ -220,7 +271,7 @@ class ReciproCAM(Explainer):
 
     def forward(self, backbone: nn.Module, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         a = backbone.cnn_features(x, self.options.layer)
-        if self.options.impl == "fast":
+        if self.impl == "fast":
             logits_all = self._fast(a)
         else:
             chunks = _chunks(x.shape[0], self.options.chunk_size)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
-from engine.testing import random_backbone
 
 from engine.backbones import build_backbone
 from engine.config import BackboneConfig, ExplainerConfig, PreprocessConfig
@@ -13,6 +16,7 @@ from engine.errors import InputError, UnsupportedModelError
 from engine.explainers.reciprocam import spatial_masks
 from engine.graph import build_graph
 from engine.preprocess import Preprocessor, load_image
+from engine.testing import random_backbone
 
 TOL = 1e-4  # fp32 tolerance of the issue: logits and normalised maps
 
@@ -23,8 +27,12 @@ def _pair(backbone, method, **options):
     return fast, ref
 
 
-def _inputs(batch=2, seed=5, dtype=torch.float32):
-    return torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+def _inputs(batch=2, seed=5, dtype=torch.float32, size=224):
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _size(key: str) -> int:
+    return PREFIX_MODELS[key][1].get("img_size", 224)
 
 
 def _compare(fast, ref, x, target=None, tol=TOL, span=True):
@@ -69,19 +77,24 @@ VIT_OPTIONS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def vit_tiny():
+    """One seeded ViT-Tiny for the module (tests that change it work on a copy)."""
+    return random_backbone("timm", "vit_tiny_patch16_224")
+
+
 @pytest.mark.parametrize("options", VIT_OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
-def test_vit_fast_matches_reference_timm_options(options):
-    bb = random_backbone("timm", "vit_tiny_patch16_224")
-    fast, ref = _pair(bb, "vit-reciprocam", **options)
+def test_vit_fast_matches_reference_timm_options(vit_tiny, options):
+    fast, ref = _pair(vit_tiny, "vit-reciprocam", **options)
     _compare(fast, ref, _inputs())
 
 
-def test_vit_fast_is_exact_in_float64():
+def test_vit_fast_is_exact_in_float64(vit_tiny):
     """In float64 the algebra shows itself: agreement to ~1e-12, not just within float32 noise."""
-    bb = random_backbone("timm", "vit_tiny_patch16_224").double()
+    bb = copy.deepcopy(vit_tiny).double()
     for options in VIT_OPTIONS:
         fast, ref = _pair(bb, "vit-reciprocam", **options)
-        x = _inputs(dtype=torch.float64)
+        x = _inputs(batch=1, dtype=torch.float64)
         with torch.no_grad():
             lf, sf = fast(x)
             lr, sr = ref(x)
@@ -91,17 +104,109 @@ def test_vit_fast_is_exact_in_float64():
 
 @pytest.mark.parametrize(
     ("library", "name"),
-    [("timm", "vit_base_patch16_224"), ("torchvision", "vit_b_16"), ("open_clip", "ViT-B-16")],
+    # timm's VisionTransformer is checked on ViT-Ti above (every option, float64) and on DeiT-B below; torchvision's
+    # on vit_b_32 and open_clip's on ViT-B-32 (the code of their /16 models, with 4x fewer tokens)
+    [("torchvision", "vit_b_32"), ("open_clip", "ViT-B-32")],
 )
-def test_vit_b16_fast_matches_reference(library, name):
+def test_vit_fast_matches_reference_other_libraries(library, name):
     bb = random_backbone(library, name)
     fast, ref = _pair(bb, "vit-reciprocam")
     _compare(fast, ref, _inputs(batch=1), target=torch.tensor([7]))
 
 
-def test_vit_explicit_target_and_default():
-    bb = random_backbone("timm", "vit_tiny_patch16_224")
-    fast, ref = _pair(bb, "vit-reciprocam")
+# --- ViTs with several prefix tokens -------------------------------------------------------------------------------
+# timm's distilled DeiT-B (built at img_size=112: a 7x7 grid, so the float64 reference is 49 copies of 51 tokens):
+# the head reads the class and the distillation token (the mean of its two heads). DINOv2-S
+# with 4 registers (1 class + 4 register tokens, LayerScale in the blocks): the head reads the class token only; the
+# registers are masked with cls_weight like every prefix token, but not read. DINOv2's default img_size is 518 (a 37x37
+# grid); it is built at img_size=112 (an 8x8 grid) so that a float64 reference (64 copies of 69 tokens) stays cheap:
+# the algebra does not depend on the grid's size.
+PREFIX_MODELS = {
+    "deit_distilled": ("deit_base_distilled_patch16_224", {"img_size": 112}, 2, (0, 1)),
+    "dinov2_reg4": ("vit_small_patch14_reg4_dinov2", {"img_size": 112}, 5, (0,)),
+}
+PREFIX_CASES = [
+    pytest.param("deit_distilled", {}, id="deit_distilled-default"),
+    pytest.param("deit_distilled", {"cls_weight": 0.5, "residual": "masked"}, id="deit_distilled-cls0.5-masked"),
+    pytest.param("dinov2_reg4", {}, id="dinov2_reg4-default"),
+    pytest.param("dinov2_reg4", {"cls_weight": 0.0, "residual": "masked"}, id="dinov2_reg4-cls0-masked"),
+]
+
+
+@pytest.fixture(scope="module")
+def prefix_vits():
+    """Each backbone built once per module (float32, and a float64 copy), and each float64 reference run once: it is
+    the oracle of both the float64 and the float32 checks."""
+    built, refs = {}, {}
+
+    def backbones(key):
+        if key not in built:
+            name, kwargs, _, _ = PREFIX_MODELS[key]
+            bb = random_backbone("timm", name, **kwargs)
+            built[key] = (bb, copy.deepcopy(bb).double())
+        return built[key]
+
+    def reference(key, options):
+        k = (key, tuple(sorted(options.items())))
+        if k not in refs:
+            ref = build_graph(backbones(key)[1], ExplainerConfig("vit-reciprocam", {**options, "impl": "reference"}))
+            with torch.no_grad():
+                refs[k] = ref(_inputs(batch=1, size=_size(key)).double())  # the float32 test's input, exactly
+        return refs[k]
+
+    return SimpleNamespace(backbones=backbones, reference=reference)
+
+
+@pytest.mark.parametrize(("key", "options"), PREFIX_CASES)
+def test_prefix_tokens_fast_is_exact_in_float64(prefix_vits, key, options):
+    _, bb = prefix_vits.backbones(key)
+    _, _, num_prefix, read = PREFIX_MODELS[key]
+    parts = bb.vit_parts()
+    assert parts.num_prefix_tokens == num_prefix and parts.read_tokens == read
+    assert parts.fast_unsupported_reason is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # impl='auto' takes the fast form here, without a warning
+        fast = build_graph(bb, ExplainerConfig("vit-reciprocam", options))
+    assert fast.explainer.impl == "fast"
+    x = _inputs(batch=1, size=_size(key)).double()
+    with torch.no_grad():
+        lf, sf = fast(x)
+        plain = bb(x)
+    lr, sr = prefix_vits.reference(key, options)
+    assert (lf - lr).abs().max().item() <= 1e-9
+    assert (lf - plain).abs().max().item() <= 1e-9, "copy 0 must reproduce the plain classifier"
+    assert (sf - sr).abs().max().item() <= 1e-9
+    assert sf.amax().item() == pytest.approx(1.0) and sf.amin().item() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(("key", "options"), PREFIX_CASES)
+def test_prefix_tokens_fast_float32(prefix_vits, key, options):
+    """float32 fast form against the exact (float64) reference: logits within TOL; maps relative to the range of the
+    target probability across copies (PITFALLS.md, "Float32 map tolerance")."""
+    bb32, bb64 = prefix_vits.backbones(key)
+    fast = build_graph(bb32, ExplainerConfig("vit-reciprocam", {**options, "impl": "fast"}))
+    x = _inputs(batch=1, size=_size(key))
+    with torch.no_grad():
+        lf, sf = fast(x)
+        copies32 = fast.explainer.copy_logits(bb32, x)
+        # every copy's exact logits: the float64 fast form, equal to the reference to ~1e-14 (test above)
+        exact = build_graph(bb64, ExplainerConfig("vit-reciprocam", {**options, "impl": "fast"}))
+        copies = exact.explainer.copy_logits(bb64, x.double())
+    lr, sr = prefix_vits.reference(key, options)
+    assert (lf.double() - lr).abs().max().item() <= TOL
+    assert torch.allclose(copies[:, 0], lr, atol=1e-9, rtol=0)
+    assert (copies32.double() - copies).abs().max().item() <= TOL, "every masked copy's logits, not only copy 0"
+    # a logit error e moves each probability by at most ~2e relatively, so a map (min-max normalised probabilities)
+    # moves by at most ~4 * 2e * max(p) / range(p): the map gap in probability units is bounded by 8 TOL max(p)
+    probs = copies[:, 1:].softmax(-1)[0, :, lr.argmax(-1)[0]]  # target probability of each masked copy (N,)
+    spread = (probs.amax() - probs.amin()).item()
+    gap = (sf.double() - sr).abs().max().item()
+    assert spread > 0
+    assert gap * spread <= 8 * TOL * probs.amax().item(), (gap, spread, probs.amax().item())
+
+
+def test_vit_explicit_target_and_default(vit_tiny):
+    fast, ref = _pair(vit_tiny, "vit-reciprocam")
     x = _inputs(batch=3)
     with torch.no_grad():
         logits, s_pred = fast(x)
@@ -115,26 +220,58 @@ def test_vit_explicit_target_and_default():
     _compare(fast, ref, x, torch.tensor([-1, other[1].item(), 3]))
 
 
-def test_vit_avg_pool_head_needs_reference():
-    bb = random_backbone("timm", "vit_tiny_patch16_224", global_pool="avg", class_token=True)
+def _auto_falls_back_to_reference(bb, method, reason, x):
+    """impl='fast' raises; impl='auto' (the default) warns exactly once and gives the reference's result."""
     with pytest.raises(UnsupportedModelError, match="impl='reference'"):
-        build_graph(bb, ExplainerConfig("vit-reciprocam", {"impl": "fast"}))
-    ref = build_graph(bb, ExplainerConfig("vit-reciprocam", {"impl": "reference"}))
+        build_graph(bb, ExplainerConfig(method, {"impl": "fast"}))
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        auto = build_graph(bb, ExplainerConfig(method))
+        la, sa = auto(x)
+        la2, _ = auto(x)  # running it again does not warn again
+    ours = [w for w in caught if "impl='auto'" in str(w.message)]
+    assert len(ours) == 1 and issubclass(ours[0].category, UserWarning), [str(w.message) for w in caught]
+    assert f"{bb.library}/{bb.name}" in str(ours[0].message) and reason in str(ours[0].message)
+    assert auto.explainer.impl == "reference" and auto.explainer.options_dict()["impl"] == "auto"
+    ref = build_graph(bb, ExplainerConfig(method, {"impl": "reference"}))
     with torch.no_grad():
-        logits, sal = ref(_inputs(batch=1))
-        assert torch.allclose(logits, bb(_inputs(batch=1)), atol=TOL)
+        lr, sr = ref(x)
+        plain = bb(x)
+    assert torch.equal(la, lr) and torch.equal(la2, lr) and torch.equal(sa, sr)
+    assert torch.allclose(la, plain, atol=TOL)
+    return sa
+
+
+def test_vit_avg_pool_head_auto_falls_back_to_reference():
+    """A head that averages all tokens has no exact fast form: impl='auto' runs the reference, with one warning."""
+    bb = random_backbone("timm", "vit_tiny_patch16_224", global_pool="avg", class_token=True)
+    assert bb.vit_parts().head_prefix is None
+    sal = _auto_falls_back_to_reference(bb, "vit-reciprocam", "pools all tokens", _inputs(batch=1))
     assert sal.shape == (1, 14, 14)
 
 
-def test_vit_explainer_rejects_cnn_and_bad_options():
+def test_cnn_auto_picks_fast_where_the_head_is_known(lite0):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback warning where the fast form applies
+        g = build_graph(lite0, ExplainerConfig("reciprocam"))
+    assert g.explainer.impl == "fast" and g.explainer.options.impl == "auto"
+    # timm's MobileNetV3 pools before its head conv: not a head the fast form knows
+    mnv3 = random_backbone("timm", "mobilenetv3_small_050")
+    assert mnv3.cnn_head_parts() is None
+    _auto_falls_back_to_reference(mnv3, "reciprocam", "not of a known", _inputs(batch=1))
+
+
+def test_vit_explainer_rejects_cnn_and_bad_options(vit_tiny):
     cnn = random_backbone("torchvision", "resnet50")
     with pytest.raises(UnsupportedModelError, match="vit"):
         build_graph(cnn, ExplainerConfig("vit-reciprocam"))
-    vit = random_backbone("timm", "vit_tiny_patch16_224")
+    vit = vit_tiny
     with pytest.raises(InputError, match="unknown option"):
         build_graph(vit, ExplainerConfig("vit-reciprocam", {"kernal": "dirac"}))
     with pytest.raises(InputError, match="residual"):
         build_graph(vit, ExplainerConfig("vit-reciprocam", {"residual": "half"}))
+    with pytest.raises(InputError, match="impl"):
+        build_graph(vit, ExplainerConfig("vit-reciprocam", {"impl": "quick"}))
     with pytest.raises(UnsupportedModelError, match="unknown explanation method"):
         build_graph(vit, ExplainerConfig("grad-cam"))
 

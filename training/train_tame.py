@@ -5,7 +5,8 @@ Example::
     python training/train_tame.py --backbone timm/tf_efficientnet_lite0 --data imagenet-sample \\
         --val-size 200 --epochs 8 --batch-size 16 --lr 1e-3 --seed 0 --out artifacts/tame-lite0
 
-The loop, loss and checkpointing live in ``training/tame_loop.py``; this script only parses arguments.
+The generic loop and checkpointing live in ``training/core.py``, T-TAME's loss and schedule in ``training/tame.py``;
+this script only parses arguments.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from tame_loop import LossWeights, TrainConfig, train  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: the `training` package
 
 from engine.cli import parse_options  # noqa: E402
 from engine.errors import EngineError  # noqa: E402
+from training.tame import LossWeights, TameConfig, train  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,9 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)  # fmt: skip
 
 
-def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
-    """The run's :class:`TrainConfig` from parsed arguments (``argv`` is recorded in the manifest)."""
-    return TrainConfig(
+def config_from_args(args: argparse.Namespace, argv: list[str]) -> TameConfig:
+    """The run's :class:`TameConfig` from parsed arguments (``argv`` is recorded in the manifest)."""
+    return TameConfig(
         backbone=args.backbone,
         out=args.out,
         source=args.source,

@@ -47,6 +47,32 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def tame_mask(
+    x_norm: torch.Tensor,
+    maps: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    model_kind: str,
+    raw: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mask images with saliency maps as T-TAME does (Eqs. 13-14); the one implementation of the masking, used by
+    the AD/IC metric and by T-TAME's training loss.
+
+    Args:
+        x_norm: the normalised batch (B, C, H, W).
+        maps: masks at the images' size, (B, 1, H, W) (or anything that broadcasts against the batch).
+        mean: per-channel mean, broadcastable to (B, C, H, W) (e.g. (C, 1, 1) or (1, C, 1, 1)).
+        std: per-channel std, same shape.
+        model_kind: ``"cnn"``: mask the raw image, then standardise: ``(raw * m - mean) / std`` (Eq. 13);
+            ``"vit"``: mask the standardised image: ``x_norm * m`` (Eq. 14).
+        raw: the raw [0, 1] batch when the caller has it (else ``x_norm * std + mean``).
+    """
+    if model_kind == "vit":
+        return (x_norm * maps).contiguous()
+    raw = x_norm * std + mean if raw is None else raw
+    return ((raw * maps - mean) / std).contiguous()
+
+
 def threshold_maps(maps: torch.Tensor, level: float) -> torch.Tensor:
     """Keep the top ``level`` % of each map (N, H, W): values below the (100 - level) % quantile become 0.
 
@@ -107,7 +133,7 @@ def ad_ic(
     classes = torch.from_numpy(cls)
     for v in lv:
         kept = threshold_maps(sal, v)[:, None]
-        masked = normalise(raw * kept, m, s) if model_kind == "cnn" else (x_norm * kept).contiguous()
+        masked = tame_mask(x_norm, kept, m, s, model_kind, raw=raw)
         runner.add(masked, classes)
     o, _ = runner.finish()
     o = o.reshape(len(lv), n)

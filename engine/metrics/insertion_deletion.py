@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine import ops
 from engine.errors import InputError
 
-from . import _fallback
 from .base import (
     DEFAULT_BATCH_SIZE,
     BatchRunner,
@@ -208,12 +208,12 @@ def insertion_deletion(
     chunk = max(1, batch_size)
     for mode in modes:
         for i in range(n):
-            rank = _fallback.rank_pixels(sal[i])
+            rank = ops.saliency_rank(sal[i].contiguous()).reshape(-1)
             counts = _tie_counts(sal[i], nominal) if p["ties"] == "together" else nominal
             counts_t = torch.from_numpy(counts)
             base = baselines[mode][i].contiguous()
             for j in range(0, len(counts), chunk):
-                stack = _fallback.perturb(x_norm[i], sal[i], rank, base, counts_t[j : j + chunk], mode)
+                stack = ops.perturb_from_rank(x_norm[i], rank, base, counts_t[j : j + chunk], mode)
                 runner.add(stack, int(classes[i]))
     probs, _ = runner.finish()
     calls += runner.calls
@@ -227,7 +227,7 @@ def insertion_deletion(
     results: dict[str, MetricResult] = {}
     for mi, mode in enumerate(modes):
         curve = torch.from_numpy(curves[mi])
-        area = _fallback.auc(curve, x if p["auc"] == "trapezoid" else None, p["auc"]).numpy()
+        area = ops.auc(curve.double(), x if p["auc"] == "trapezoid" else None, p["auc"]).double().numpy()
         results[mode] = make_result(
             mode, preset, area, dict(params), curves=curves[mi], extras={"x": x.numpy(), "classes": classes.numpy()}
         )

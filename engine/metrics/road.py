@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine import ops
 from engine.errors import InputError
 
-from . import _fallback
 from .base import (
     DEFAULT_BATCH_SIZE,
     BatchRunner,
@@ -151,7 +151,7 @@ def removal_mask(saliency: torch.Tensor, percent: float, order: str, preset: str
     """Pixels (H, W) bool to remove at ``percent`` for ``order`` ("morf" | "lerf") under the preset's convention."""
     h, w = saliency.shape
     if preset == "tame":
-        rank = _fallback.rank_pixels(saliency).numpy()
+        rank = ops.saliency_rank(saliency.contiguous()).reshape(-1).numpy()
         k = int(h * w * percent // 100)
         sel = rank < k if order == "morf" else rank >= h * w - k
         return sel.reshape(h, w)

@@ -13,7 +13,6 @@ from engine.errors import InputError
 from engine.metrics import (
     METRICS,
     MetricResult,
-    _fallback,
     ad_ic,
     adcc,
     binarise,
@@ -205,15 +204,15 @@ def test_other_metrics_feed_batches():
     assert m.sizes == [2, 2, 1, 2, 2, 1] and calls == [2, 2, 1]
 
 
-def test_fallback_matches_ops_and_semantics():
+def test_perturbation_and_auc_semantics():
+    """engine.ops, which the metrics call: order = saliency descending, ties by flat index ascending; the AUC rules."""
     g = torch.Generator().manual_seed(0)
     image = torch.rand(3, 5, 6, generator=g)
     baseline = torch.rand(3, 5, 6, generator=g)
     sal = torch.randint(0, 4, (5, 6), generator=g).float()  # many ties
     counts = torch.tensor([0, 1, 7, 13, 30])
     for mode in ("insertion", "deletion"):
-        ours = _fallback._perturb_by_rank(image, sal, baseline, counts, mode)
-        # semantics: order = saliency descending, ties by flat index ascending
+        ours = engine.ops.perturb_by_rank(image, sal, baseline, counts, mode)
         order = sorted(range(30), key=lambda i: (-float(sal.reshape(-1)[i]), i))
         for s, k in enumerate(counts.tolist()):
             top = torch.zeros(30, dtype=torch.bool)
@@ -221,16 +220,11 @@ def test_fallback_matches_ops_and_semantics():
             top = top.view(1, 5, 6)
             want = torch.where(top, image, baseline) if mode == "insertion" else torch.where(top, baseline, image)
             assert torch.equal(ours[s], want)
-        if hasattr(engine.ops, "perturb_by_rank"):
-            assert torch.equal(engine.ops.perturb_by_rank(image, sal, baseline, counts, mode), ours)
     scores = torch.rand(4, 7, generator=g, dtype=torch.float64)
     x = torch.tensor([0, 0.1, 0.2, 0.5, 0.6, 0.9, 1.0], dtype=torch.float64)
     want_rise = (scores.sum(1) - scores[:, 0] / 2 - scores[:, -1] / 2) / 6
-    torch.testing.assert_close(_fallback._auc(scores, None, "rise"), want_rise)
-    torch.testing.assert_close(_fallback._auc(scores, x, "trapezoid"), torch.trapezoid(scores, x, dim=1))
-    if hasattr(engine.ops, "auc"):
-        torch.testing.assert_close(engine.ops.auc(scores, x, "trapezoid").double(), torch.trapezoid(scores, x, dim=1))
-        torch.testing.assert_close(engine.ops.auc(scores, None, "rise").double(), want_rise)
+    torch.testing.assert_close(engine.ops.auc(scores, x, "trapezoid").double(), torch.trapezoid(scores, x, dim=1))
+    torch.testing.assert_close(engine.ops.auc(scores, None, "rise").double(), want_rise)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -550,15 +544,6 @@ def test_registry_presets_and_rows():
     assert res["deletion"].per_image.dtype == np.float64 and res["deletion"].per_image.shape == (1,)
     with pytest.raises(InputError, match="modes"):
         insertion_deletion(two_class_linear(W_2x2), RAW_2x2, SAL_2x2, mean=HALF, std=HALF, modes=("both",))
-
-
-def test_private_fallback_used_when_ops_lack_the_kernels(monkeypatch):
-    want = id_score(two_class_linear(W_2x2), RAW_2x2, SAL_2x2, mean=HALF, std=HALF, preset="ovxai")
-    for name in ("_OPS_RANK", "_OPS_FROM_RANK", "_OPS_PERTURB", "_OPS_AUC"):
-        monkeypatch.setattr(_fallback, name, None)
-    got = id_score(two_class_linear(W_2x2), RAW_2x2, SAL_2x2, mean=HALF, std=HALF, preset="ovxai")
-    np.testing.assert_allclose(got["insertion"].curves, want["insertion"].curves, atol=0)
-    assert got["id"].value == pytest.approx(want["id"].value, abs=1e-15)
 
 
 def test_road_without_scipy_names_the_fix(monkeypatch):

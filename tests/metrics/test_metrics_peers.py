@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,11 @@ from torch import nn
 
 from engine.metrics import adcc, id_score, otsu_threshold, road
 
-ROOT = Path(__file__).resolve().parents[1]
-PEER_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from peers_venv import DEFAULT_VENV, child_env, peer_available, venv_python  # noqa: E402
+
+PEER_PYTHON = venv_python(DEFAULT_VENV)
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -145,9 +149,8 @@ print(json.dumps(result))
 def ovxai_case(tmp_path_factory):
     if not PEER_PYTHON.exists():
         pytest.skip(f"openvino-xai peer venv not found at {PEER_PYTHON} (python benchmarks/peers.py setup)")
-    probe = subprocess.run([str(PEER_PYTHON), "-c", "import openvino_xai"], capture_output=True, timeout=120)
-    if probe.returncode != 0:
-        pytest.skip("openvino_xai does not import in .venv-peers")
+    if not peer_available(DEFAULT_VENV):
+        pytest.skip(f"openvino_xai does not import in {DEFAULT_VENV}")
     rng = np.random.default_rng(2)
     n, h, w, k = 3, 12, 12, 4
     images = rng.random((n, 3, h, w)).astype(np.float32)
@@ -159,7 +162,11 @@ def ovxai_case(tmp_path_factory):
              mean=np.array(MEAN), std=np.array(STD))  # fmt: skip
     (tmp / "peer.py").write_text(_OVXAI_SCRIPT)
     run = subprocess.run(
-        [str(PEER_PYTHON), str(tmp / "peer.py"), str(tmp / "case.npz")], capture_output=True, text=True, timeout=300
+        [str(PEER_PYTHON), str(tmp / "peer.py"), str(tmp / "case.npz")],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     theirs = json.loads(run.stdout.strip().splitlines()[-1])

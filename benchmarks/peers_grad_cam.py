@@ -1,12 +1,10 @@
-"""Peer explanation methods as baselines for the quality benchmark, run on the same model and images.
+"""pytorch-grad-cam as a peer: Grad-CAM and Score-CAM saliency maps, baselines for the quality benchmark.
 
-Nothing here re-implements a method: Grad-CAM and Score-CAM come from pytorch-grad-cam (``pip install
-'xai-engine[benchmark]'``), RISE from openvino-xai (its own venv, see ``benchmarks/peers.py``).
+Runs in the main environment (``pip install 'xai-engine[benchmark]'``), on the same torch model and images the engine
+explains; nothing here re-implements a method. openvino-xai's RISE, the other baseline, is in ``peers_openvino_xai.py``.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,13 +62,3 @@ def cam_maps(
         t = [ClassifierOutputTarget(int(c)) for c in targets[start : start + step]]
         out.append(np.asarray(cam(input_tensor=x, targets=t), dtype=np.float32))
     return np.concatenate(out, axis=0)
-
-
-def rise_maps(onnx_path: Path, images: np.ndarray, targets: np.ndarray, **kwargs) -> tuple[np.ndarray, dict]:
-    """RISE maps from openvino-xai (in its own venv) on the same classifier, exported to ONNX."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from peers import run_ovxai_rise
-
-    return run_ovxai_rise(onnx_path, images, targets, **kwargs)

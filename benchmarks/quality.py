@@ -17,26 +17,38 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from engine import Engine  # noqa: E402
 from engine.artifact import load_artifact, resolve_artifact_path  # noqa: E402
-from engine.backends.torch_ import graph_from_artifact  # noqa: E402
+from engine.backends import open_backend  # noqa: E402
 from engine.data import image_name, open_dataset  # noqa: E402
 from engine.errors import EngineError  # noqa: E402
+from engine.fileio import atomic_write, atomic_write_text  # noqa: E402
+from engine.graph import ClassifyGraph, graph_from_artifact  # noqa: E402
 from engine.preprocess import Preprocessor  # noqa: E402
 
 # id:PRESET computes insertion, deletion and ID in one pass
 DEFAULT_METRICS = "id:rise,id:ovxai,ad_ic:tame,road:tame,adcc:reference"
-CSV_COLUMNS = ["dataset", "model", "method", "metric", "preset", "value", "ci95_low", "ci95_high", "n_images", "params"]
+CSV_COLUMNS = [
+    "dataset",
+    "model",
+    "method",
+    "metric",
+    "preset",
+    "value",
+    "ci95_low",
+    "ci95_high",
+    "n_images",
+    "precision",
+    "params",
+]
 BOOTSTRAP_RESAMPLES = 2000
 # which direction is better, by metric name prefix (for the chart's titles)
 BETTER = {
@@ -59,24 +71,17 @@ def log(msg: str) -> None:
     print(f"[quality {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 class Subject:
-    """One artifact on one backend: its model callable, its own explanations, and the images prepared for it."""
+    """One artifact on one backend: its model callable, its own explanations, and the images prepared for it.
+
+    Everything runs through engine backends: the artifact's explain graph on ``backend``, and the plain classifier
+    that the metrics query as a classify-only graph on ``model_backend`` (OpenVINO opens the classifier's ONNX, the
+    same file RISE reads).
+    """
 
     def __init__(self, artifact: str, backend: str, samples, batch_size: int, model_backend: str, out_dir: Path):
         art = load_artifact(artifact)  # a folder, "default" or a built-in name
@@ -84,7 +89,7 @@ class Subject:
         self.name = art.backbone.spec
         self.method = art.method
         self.engine = Engine.load(art, backend=backend)
-        # the torch backbone for the baselines and the model callable: the engine's own when it runs on torch
+        # the torch backbone for the pytorch-grad-cam baselines: the engine's own when it runs on torch
         graph = self.engine.backend.graph if self.engine.backend_name == "torch" else graph_from_artifact(art)
         self.adapter = graph.backbone.eval()
         pre = art.preprocess
@@ -93,7 +98,15 @@ class Subject:
         self.x = x  # normalised (N, 3, H, W)
         self.raw = np.clip(x * self.std[:, None, None] + self.mean[:, None, None], 0.0, 1.0)
         self.batch_size = batch_size
-        self._ov = self._openvino_classifier(out_dir) if model_backend == "openvino" else None
+        if model_backend == "torch":
+            source = ClassifyGraph(self.adapter, tuple(pre.input_size))
+        else:
+            source = self.classifier_onnx(out_dir)
+        self.classifier = open_backend(model_backend, source, precision="fp32")
+        self.precision = {
+            self.method: self.engine.backend.effective_precision,
+            "model": self.classifier.effective_precision,
+        }
         self.labels = np.array([-1 if s.label is None else s.label for s in samples], dtype=np.int64)
         self.pred = self.model(self.x).argmax(axis=1)
 
@@ -102,7 +115,6 @@ class Subject:
         onnx = out_dir / "onnx" / f"{_safe(self.name)}_classify.onnx"
         if not onnx.exists():
             from engine.export import onnx_from_module
-            from engine.graph import ClassifyGraph
 
             onnx.parent.mkdir(parents=True, exist_ok=True)
             onnx_from_module(
@@ -110,30 +122,17 @@ class Subject:
             )
         return onnx
 
-    def _openvino_classifier(self, out_dir: Path):
-        import openvino as ov
-
-        core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT"}
-        return core.compile_model(core.read_model(str(self.classifier_onnx(out_dir))), "CPU", config)
-
     def model(self, x: np.ndarray) -> np.ndarray:
-        """Normalised batch -> logits through the plain classifier (OpenVINO fp32 or torch), in chunks."""
-        outs = []
-        if self._ov is not None:
-            for s in range(0, len(x), self.batch_size):
-                outs.append(self._ov({"image": np.ascontiguousarray(x[s : s + self.batch_size])})[0])
-            return np.concatenate(outs)
-        with torch.inference_mode():
-            for s in range(0, len(x), self.batch_size):
-                outs.append(self.adapter(torch.from_numpy(np.ascontiguousarray(x[s : s + self.batch_size]))).numpy())
-        return np.concatenate(outs)
+        """Normalised batch -> logits through the plain classifier's backend, ``batch_size`` images per call."""
+        step = self.batch_size
+        return np.concatenate([self.classifier.classify(x[s : s + step]) for s in range(0, len(x), step)])
 
     def explainer(self, method: str, out_dir: Path, rise_masks: int):
         """(normalised batch, targets) -> maps, for the engine's method or a baseline."""
         if method == self.method:
-            return lambda xb, tb: self.engine.backend.infer(np.ascontiguousarray(xb), np.asarray(tb, np.int64))[1]
-        from baselines import cam_maps, rise_maps
+            return lambda xb, tb: self.engine.backend.infer(xb, np.asarray(tb, np.int64))[1]
+        from peers_grad_cam import cam_maps
+        from peers_openvino_xai import run_ovxai_rise as rise_maps
 
         if method in ("gradcam", "scorecam"):
             return lambda xb, tb: cam_maps(self.adapter, xb, np.asarray(tb), method)
@@ -257,10 +256,16 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     lo, hi = bootstrap_ci(res.per_image)
                     for r in res.to_rows(args.data, subject.name, method):
                         r["ci95_low"], r["ci95_high"] = lo, hi
+                        # maps: the engine's backend for its own method, torch / openvino-xai fp32 for baselines;
+                        # the metric's model calls: the classifier's backend
+                        r["precision"] = subject.precision.get(method, "fp32")
+                        params = {**json.loads(r["params"]), "model_backend": args.model_backend}
+                        params["model_precision"] = subject.precision["model"]
+                        r["params"] = json.dumps(params, sort_keys=True)
                         new.append(r)
                 for r in new:
                     r["seconds"] = round(time.perf_counter() - t0, 2)
-                _atomic_write(part, lambda fh, new=new: json.dump(new, fh, indent=1))
+                atomic_write(part, json.dumps(new, indent=1))
                 rows.extend(new)
                 bar.update(1)
         bar.close()
@@ -279,7 +284,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         w.writeheader()
         w.writerows(rows)
 
-    _atomic_write(path, write)
+    atomic_write_text(path, write)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from engine._compat import ensure_torchvision
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ensure_torchvision()  # pytorch-grad-cam imports torchvision
 pytest.importorskip("pytorch_grad_cam")
 pytest.importorskip("matplotlib")

@@ -19,7 +19,7 @@ import torch
 from engine import ops
 from engine.ops import _ext, reference
 
-CHECK_SCRIPT = Path(__file__).resolve().parents[1] / "cpp_ext" / "build_cuda_check.sh"
+CHECK_SCRIPT = Path(__file__).resolve().parents[2] / "cpp_ext" / "build_cuda_check.sh"
 
 
 def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:

@@ -31,9 +31,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as _dt
-import json
 import os
 import platform
 import statistics
@@ -238,14 +236,10 @@ def eval_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = ("kernel", "shape", "kernel ms", "torch ms", "speedup", "exact")
-    lines = [(r["kernel"], r["shape"], f"{r['kernel_ms']:.2f}", f"{r['torch_ms']:.2f}", f"{r['speedup']:.2f}x",
-              str(r["exact"])) for r in rows]  # fmt: skip
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
-    print(" | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
-    print("-+-".join("-" * w for w in widths))
-    for line in lines:
-        print(" | ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)))
+    from engine.report import format_table
+
+    ms = "{:.2f}".format
+    print(format_table(rows, RECORD_KEYS[:6], {"kernel_ms": ms, "torch_ms": ms, "speedup": "{:.2f}x".format}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,11 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         "argv": sys.argv[1:] if argv is None else argv,
     }
     payload = {"meta": meta, "kernels": rows, "evaluation": evals, "targets": targets}
-    (args.out_dir / "kernels.json").write_text(json.dumps(payload, indent=2) + "\n")
-    with open(args.out_dir / "kernels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=RECORD_KEYS)
-        writer.writeheader()
-        writer.writerows(rows)
+    from engine.report import write_csv, write_json
+
+    write_json(args.out_dir / "kernels.json", payload)
+    write_csv(args.out_dir / "kernels.csv", rows, RECORD_KEYS)
     print(f"\nwrote {args.out_dir / 'kernels.json'} and {args.out_dir / 'kernels.csv'}")
     return 0
 

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from PIL import Image, ImageDraw
 
 from engine import Engine
 from engine.errors import EngineError
+from engine.fileio import atomic_write
 from engine.preprocess.decode import list_image_files
 
 
@@ -62,10 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    sheet.save(tmp, quality=88) if out.suffix.lower() in (".jpg", ".jpeg") else sheet.save(tmp)
-    os.replace(tmp, out)
+    jpeg = out.suffix.lower() in (".jpg", ".jpeg")
+    atomic_write(out, lambda fh: sheet.save(fh, format="JPEG", quality=88) if jpeg else sheet.save(fh, format="PNG"))
     print(f"wrote {out} ({sheet.size[0]}x{sheet.size[1]})")
     return 0
 

@@ -15,7 +15,6 @@ import argparse
 import csv
 import importlib.util
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -152,10 +151,7 @@ def cached_maps(subject: Subject, method: str, fn, ids: list[str], out_dir: Path
     t0 = time.perf_counter()
     maps = np.asarray(fn(subject.x, subject.pred), dtype=np.float32)
     seconds = time.perf_counter() - t0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, saliency=maps, targets=subject.pred, ids=np.array(ids), seconds=seconds)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: np.savez(fh, saliency=maps, targets=subject.pred, ids=np.array(ids), seconds=seconds))
     log(f"{subject.name} {method}: {len(ids)} maps in {seconds:.1f} s")
     return maps
 
@@ -313,10 +309,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     models = ", ".join(sorted({r["model"] for r in rows}))
     fig.suptitle(f"{rows[0]['dataset']}: {models}, {n} images (↑ higher is better, ↓ lower)", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.errors import InputError
+from engine.numeric import minmax as numeric_minmax
+from engine.numeric import softmax
 
 ModelFn = Callable[[np.ndarray], np.ndarray]
 """Normalised float32 batch (B, C, H, W) -> logits (B, K). The metric applies softmax itself."""
@@ -295,14 +297,9 @@ def resize_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def minmax(maps: Tensor) -> Tensor:
-    """Per-map min-max scaling of (N, h, w) to [0, 1]; a constant map becomes all zeros (documented convention)."""
-    flat = maps.reshape(maps.shape[0], -1)
-    lo = flat.min(dim=1, keepdim=True).values
-    hi = flat.max(dim=1, keepdim=True).values
-    span = hi - lo
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    out = torch.where(span > 0, (flat - lo) / safe, torch.zeros_like(flat))
-    return out.reshape(maps.shape).contiguous()
+    """Per-map min-max scaling of (N, h, w) to [0, 1]; a constant map becomes all zeros (documented convention).
+    The explainers' own scaling (:func:`engine.numeric.minmax`), per map."""
+    return numeric_minmax(maps.reshape(maps.shape[0], -1), dim=-1).reshape(maps.shape).contiguous()
 
 
 def normalise(raw: Tensor, mean: Tensor, std: Tensor) -> Tensor:
@@ -316,11 +313,8 @@ def normalise(raw: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 
 
 def softmax64(logits: np.ndarray) -> np.ndarray:
-    """Row softmax in float64."""
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """Row softmax in float64 (:func:`engine.numeric.softmax`)."""
+    return softmax(logits, np.float64)
 
 
 class BatchRunner:

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 
 from ..config import ExplainerConfig
 from ..errors import InputError, UnsupportedModelError
-from ..numeric import minmax as minmax_normalise  # noqa: F401  (kept importable: one implementation, engine.numeric)
 from ..state import load_weights
 
 _REGISTRY: dict[str, type[Explainer]] = {}

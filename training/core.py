@@ -226,8 +226,8 @@ def build_training_graph(
     Raises:
         UnsupportedModelError: the backbone lacks something the explainer needs (a named tap, ...).
     """
-    from engine.backbones import WEIGHT_PACKAGES, build_backbone, parse_spec
-    from engine.create import _load_user_weights, default_preprocess
+    from engine.backbones import build_backbone, parse_spec
+    from engine.create import _load_user_weights, default_preprocess, default_source
     from engine.explainers import get_explainer_class
     from engine.graph import build_graph
 
@@ -237,7 +237,7 @@ def build_training_graph(
     if cfg.weights is not None:
         source = "random"
     elif source is None:
-        source = "package" if library == "timm" and name in WEIGHT_PACKAGES else "pretrained"
+        source = default_source(library, name)
     bb_cfg = BackboneConfig(library, name, cfg.num_classes, source, dict(cfg.backbone_kwargs))
     torch.manual_seed(cfg.seed)
     adapter = build_backbone(bb_cfg, seed=cfg.seed)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
+from . import lora
 
 
 @dataclass
@@ -234,38 +235,26 @@ class BackboneAdapter(nn.Module):
         The frozen weights stay; the deltas train, are saved with the explainer head (:meth:`delta_state_dict`) and
         are merged into the weights at export (:meth:`merge_deltas`).
         """
-        from . import lora
-
         return lora.add(self.model, targets, rank, alpha, parts)
 
     def delta_parameters(self) -> list[nn.Parameter]:
         """The trainable delta parameters (empty without deltas)."""
-        from . import lora
-
         return lora.parameters(self.model)
 
     def delta_state_dict(self) -> dict[str, Tensor]:
         """The deltas by ``<module>.<part>.lora_a|lora_b`` (module names of the wrapped model)."""
-        from . import lora
-
         return lora.state_dict(self.model)
 
     def load_delta_state_dict(self, state: dict[str, Tensor]) -> str | None:
         """Load deltas; None if they fit, else what did not."""
-        from . import lora
-
         return lora.load_state_dict(self.model, state)
 
     def merge_deltas(self) -> int:
         """Fold the deltas into the frozen weights (exact), leaving a plain model; returns how many were merged."""
-        from . import lora
-
         return lora.merge(self.model)
 
     def base_state_dict(self) -> dict[str, Tensor]:
         """The adapter's state with deltas merged, under a plain model's keys (what a whole-graph file stores)."""
-        from . import lora
-
         return lora.base_state_dict(self)
 
 

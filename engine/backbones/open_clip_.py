@@ -145,7 +145,7 @@ class OpenClipViT(BackboneAdapter):
             read_tokens=(0,),
             attn_weights=mha_weights(block.attn),
             grid=(int(grid[0]), int(grid[1])),
-            num_prefix_tokens=1,
+            num_prefix_tokens=self.prefix_tokens,
         )
 
 

@@ -82,7 +82,7 @@ class TimmViT(BackboneAdapter):
             read_tokens=read_tokens,
             attn_weights=_timm_attention_weights(block.attn),
             grid=(int(grid[0]), int(grid[1])),
-            num_prefix_tokens=int(m.num_prefix_tokens),
+            num_prefix_tokens=self.prefix_tokens,
         )
 
 

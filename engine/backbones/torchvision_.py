@@ -51,7 +51,7 @@ class TorchvisionViT(BackboneAdapter):
             read_tokens=(0,),
             attn_weights=mha_weights(block.self_attention),
             grid=(g, g),
-            num_prefix_tokens=1,
+            num_prefix_tokens=self.prefix_tokens,
         )
 
 

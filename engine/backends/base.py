@@ -258,15 +258,25 @@ class Backend(ABC):
         if targets.ndim == 0:
             targets = np.full((b,), int(targets), dtype=np.int64)
         if targets.shape != (b,) or not np.issubdtype(targets.dtype, np.integer):
-            raise InputError(f"targets must be {b} integers (one per image, -1 = predicted), got {targets!r}.")
-        high = self.num_classes if self.num_classes is not None else np.iinfo(np.int64).max
-        out_of_range = (targets < -1) | (targets >= high)
+            raise self._targets_error(b, targets)
+        out_of_range = (targets < -1) | (targets >= self._class_bound())
         if out_of_range.any():
-            raise InputError(
-                f"target class(es) {targets[out_of_range].tolist()} out of range: this model has "
-                f"{self.num_classes} classes (0..{high - 1}); use -1 for the predicted class."
-            )
+            raise self._range_error(targets[out_of_range].tolist())
         return targets.astype(np.int64)
+
+    def _class_bound(self) -> int:
+        """One past the highest valid target (no bound where a bare file does not say its classes)."""
+        return self.num_classes if self.num_classes is not None else np.iinfo(np.int64).max
+
+    @staticmethod
+    def _targets_error(b: int, targets: Any) -> InputError:
+        return InputError(f"targets must be {b} integers (one per image, -1 = predicted), got {targets!r}.")
+
+    def _range_error(self, bad: list[int]) -> InputError:
+        return InputError(
+            f"target class(es) {bad} out of range: this model has {self.num_classes} classes "
+            f"(0..{self._class_bound() - 1}); use -1 for the predicted class."
+        )
 
     @staticmethod
     def _bad_rows(bad: np.ndarray) -> InputError:
@@ -311,14 +321,10 @@ class Backend(ABC):
         if t.ndim == 0:
             t = t.expand(b)
         if tuple(t.shape) != (b,) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise InputError(f"targets must be {b} integers (one per image, -1 = predicted), got {targets!r}.")
-        high = self.num_classes if self.num_classes is not None else torch.iinfo(torch.int64).max
-        bad = (t < -1) | (t >= high)
+            raise self._targets_error(b, targets)
+        bad = (t < -1) | (t >= self._class_bound())
         if bool(bad.any()):  # checked on the device: only the verdict crosses to the host
-            raise InputError(
-                f"target class(es) {t[bad].tolist()} out of range: this model has {self.num_classes} classes "
-                f"(0..{high - 1}); use -1 for the predicted class."
-            )
+            raise self._range_error(t[bad].tolist())
         return images.contiguous(), t.long().contiguous()
 
     def _check_outputs(self, *outputs: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -353,6 +359,10 @@ class Backend(ABC):
         from ..export import onnx_from_module
 
         return onnx_from_module(self.module, Path(tmp) / ONNX, self.input_size, with_target=self.explains)
+
+    def _feeds(self, images: np.ndarray, targets: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The graph's inputs by name: ``image``, and ``target`` for an explain graph."""
+        return {"image": images} if targets is None or not self.explains else {"image": images, "target": targets}
 
     def _learn_io(self, input_names: list[str], image_shape: list[Any], logits_shape: list[Any]) -> None:
         """Set ``explains``, ``input_size`` and ``num_classes`` from a model file's inputs and outputs."""

@@ -38,6 +38,5 @@ class OnnxRuntimeBackend(Backend):
         self._outputs = ["logits", "saliency"] if self.explains else ["logits"]
 
     def _run_impl(self, images: np.ndarray, targets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        feeds = {"image": images} if targets is None or not self.explains else {"image": images, "target": targets}
-        out = self.session.run(self._outputs, feeds)
+        out = self.session.run(self._outputs, self._feeds(images, targets))
         return out[0], (out[1] if len(out) > 1 else None)

@@ -17,6 +17,11 @@ _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _OUR_PRECISION = {v: k for k, v in _OV_PRECISION.items()}
 
 
+def _dims(port) -> list[int | None]:
+    """A port's dimensions, None where dynamic."""
+    return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+
+
 class OpenVINOBackend(Backend):
     name = "openvino"
 
@@ -39,19 +44,12 @@ class OpenVINOBackend(Backend):
         self.source_name = source.name
         self._out = {o.get_any_name(): o for o in self.compiled.outputs}
         image = next(i for i in self.compiled.inputs if i.get_any_name() == "image")
-        shape = [d.get_length() if d.is_static else None for d in image.get_partial_shape()]
-        logits = self._out["logits"].get_partial_shape()
-        self._learn_io(
-            [i.get_any_name() for i in self.compiled.inputs],
-            shape,
-            [d.get_length() if d.is_static else None for d in logits],
-        )
+        self._learn_io([i.get_any_name() for i in self.compiled.inputs], _dims(image), _dims(self._out["logits"]))
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         self.effective_precision = _OUR_PRECISION.get(hint, hint)
 
     def _run_impl(self, images: np.ndarray, targets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        feeds = {"image": images} if targets is None or not self.explains else {"image": images, "target": targets}
-        result = self.request.infer(feeds)
+        result = self.request.infer(self._feeds(images, targets))
         logits = np.array(result[self._out["logits"]])
         return logits, (np.array(result[self._out["saliency"]]) if self.explains else None)

@@ -6,7 +6,9 @@ A LoRA delta is a torch parametrization (``torch.nn.utils.parametrize``) of a fr
 
 on an ``nn.Linear`` (``weight``), a 1x1 ``nn.Conv2d`` (``weight``, as (out, in)) or an ``nn.MultiheadAttention``'s
 packed in-projection (``in_proj_weight``), where ``parts`` picks the q, k and/or v rows (the attention module itself
-is the target, as open_clip and torchvision ViTs have no separate q/v layers).
+is the target, as open_clip and torchvision ViTs have no separate q/v layers). A fused qkv ``nn.Linear`` (timm's
+``attn.qkv``: ``out_features == 3 * in_features``, rows q, k, v) takes ``parts`` too: the delta goes on those row
+blocks only; without ``parts`` it is a plain Linear (one delta on all rows).
 
 Why a parametrization and not peft's layer wrappers: the module tree and classes stay as they are (``attn.qkv`` is
 still an ``nn.Linear``, ``block.attn`` still an ``nn.MultiheadAttention``), so everything that reads the backbone
@@ -15,7 +17,7 @@ LoRA; and merging is exact (:func:`merge`: ``remove_parametrizations(..., leave_
 op left in the exported graph.
 
 Delta state keys (what an explainer head stores): ``<target>.<part>.lora_a`` / ``.lora_b`` with ``part`` one of
-``weight`` (Linear, conv), ``q``, ``k``, ``v`` (attention).
+``weight`` (Linear, conv), ``q``, ``k``, ``v`` (attention, fused qkv Linear).
 """
 
 from __future__ import annotations
@@ -66,61 +68,88 @@ class LoRADelta(nn.Module):
         return torch.cat(pieces, dim=0).reshape(weight.shape)
 
 
+def _qkv_rows(target: str, parts: Sequence[str], d: int) -> dict[str, tuple[int, int]]:
+    """Row blocks (first row, rows) of the chosen q/k/v parts of a packed (3d, d) projection."""
+    chosen = list(parts)
+    bad = [p for p in chosen if p not in ATTENTION_PARTS]
+    if bad or not chosen or len(set(chosen)) != len(chosen):
+        raise InputError(
+            f"LoRA parts of {target!r} (packed q/k/v rows) must be distinct names among {ATTENTION_PARTS}, e.g. "
+            f"['q', 'v']; got {chosen}."
+        )
+    return {p: (ATTENTION_PARTS.index(p) * d, d) for p in chosen}
+
+
 def _weight_and_parts(module: nn.Module, target: str, parts: Sequence[str] | None) -> tuple[str, dict[str, tuple]]:
+    parts = [parts] if isinstance(parts, str) else parts
     if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)):
-        if module.__class__ is nn.Conv2d and module.groups != 1:
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
             raise UnsupportedModelError(f"LoRA target {target!r} is a grouped conv; choose a 1x1 conv with groups=1.")
-        if parts not in (None, ("weight",), ["weight"]):
-            raise InputError(f"LoRA target {target!r} is a {type(module).__name__}: it takes no parts (got {parts}).")
-        return "weight", {"weight": (0, int(module.weight.shape[0]))}
+        if parts is None or list(parts) == ["weight"]:
+            return "weight", {"weight": (0, int(module.weight.shape[0]))}
+        if isinstance(module, nn.Linear) and module.out_features == 3 * module.in_features:  # fused qkv (timm)
+            return "weight", _qkv_rows(target, parts, module.in_features)
+        raise InputError(
+            f"LoRA target {target!r} is a {type(module).__name__} with weight {tuple(module.weight.shape)}: parts "
+            f"(got {list(parts)}) apply only to a fused qkv nn.Linear (out_features == 3 * in_features) or an "
+            "nn.MultiheadAttention; pass parts=None to put one delta on the whole weight."
+        )
     if isinstance(module, nn.MultiheadAttention):
         if not getattr(module, "_qkv_same_embed_dim", False):
             raise UnsupportedModelError(f"LoRA target {target!r}: attention without a packed in-projection.")
-        chosen = tuple(parts) if parts is not None else ("q", "v")
-        bad = [p for p in chosen if p not in ATTENTION_PARTS]
-        if bad or not chosen:
-            raise InputError(f"LoRA parts of an attention module are among {ATTENTION_PARTS}; got {list(chosen)}.")
-        d = module.embed_dim
-        return "in_proj_weight", {p: (ATTENTION_PARTS.index(p) * d, d) for p in chosen}
+        return "in_proj_weight", _qkv_rows(target, parts if parts is not None else ("q", "v"), module.embed_dim)
     raise UnsupportedModelError(
         f"LoRA target {target!r} is a {type(module).__name__}; LoRA applies to nn.Linear, 1x1 nn.Conv2d and "
         "nn.MultiheadAttention (its q/k/v rows). Name such a module (list them with adapter.tap_names())."
     )
 
 
+Target = str | tuple[str, Sequence[str] | None]
+
+
 def add(
-    root: nn.Module, targets: Sequence[str], rank: int = 8, alpha: float = 16.0, parts: Sequence[str] | None = None
+    root: nn.Module, targets: Sequence[Target], rank: int = 8, alpha: float = 16.0, parts: Sequence[str] | None = None
 ) -> list[str]:
     """Add LoRA deltas to the named modules of ``root`` (dotted names); returns the names.
 
+    All targets are checked before any delta is added, so a refused call leaves the model as it was.
+
     Args:
         root: the wrapped model (``adapter.model``).
-        targets: module names; each must be a Linear, a 1x1 conv, or an ``nn.MultiheadAttention``.
+        targets: module names, or ``(name, parts)`` pairs whose parts win over ``parts``; each module must be a
+            Linear, a 1x1 conv, or an ``nn.MultiheadAttention``.
         rank: LoRA rank r.
         alpha: LoRA alpha (the delta is scaled by alpha / r).
-        parts: for attention modules, which of q, k, v get a delta (default q and v, LoRA's usual choice).
+        parts: which of q, k, v get a delta: for attention modules (default q and v, LoRA's usual choice) and fused
+            qkv Linears (default: one delta on the whole weight).
 
     Raises:
         InputError / UnsupportedModelError: a bad rank, an unknown or unsupported module, a module that has one.
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise InputError(f"LoRA rank must be a positive integer, got {rank!r}.")
+    if isinstance(targets, str):
+        raise InputError(f"LoRA targets must be a list of module names, got the string {targets!r}; use [{targets!r}].")
     modules = dict(root.named_modules())
-    for target in targets:
+    plan = []
+    for item in targets:
+        target, target_parts = (item, parts) if isinstance(item, str) else (item[0], item[1])
         if target not in modules:
             import difflib
 
             close = difflib.get_close_matches(target, list(modules), n=3)
             raise UnsupportedModelError(f"no module {target!r} to put LoRA on; closest names: {close}.")
         module = modules[target]
-        name, rows = _weight_and_parts(module, target, parts)
-        if parametrize.is_parametrized(module, name):
+        name, rows = _weight_and_parts(module, target, target_parts)
+        if parametrize.is_parametrized(module, name) or any(m is module for m, _, _ in plan):
             raise InputError(f"{target!r} already has a LoRA delta.")
+        plan.append((module, name, rows))
+    for module, name, rows in plan:
         weight = getattr(module, name)
         weight.requires_grad_(False)
         delta = LoRADelta(weight.shape, rank, alpha, rows, weight.dtype).to(weight.device)
         parametrize.register_parametrization(module, name, delta)
-    return list(targets)
+    return [item if isinstance(item, str) else item[0] for item in targets]
 
 
 def _deltas(root: nn.Module) -> list[tuple[str, str, LoRADelta]]:

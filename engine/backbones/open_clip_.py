@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, UnsupportedModelError
-from .base import BackboneAdapter, ViTParts, mha_self_attention, mha_weights
+from .base import BackboneAdapter, ViTParts, children_names, mha_self_attention, mha_weights, resample_patch_grid
 from .taps import last_children
 
 
@@ -56,7 +56,41 @@ class OpenClipViT(BackboneAdapter):
 
     @property
     def tokens_batch_first(self) -> bool:
+        """The layout of the encoder blocks' outputs (``visual.transformer.batch_first``)."""
         return bool(getattr(self.model.visual.transformer, "batch_first", True))
+
+    def _tap_batch_first(self, tap: str) -> bool:
+        # the embedding (ln_pre and before) is always (B, T, D); a sequence-first transformer transposes inside
+        return self.tokens_batch_first if tap.startswith("visual.transformer.") else True
+
+    def encoder_taps(self) -> list[str]:
+        """``visual.ln_pre`` (the embedded tokens that enter the first block), then
+        ``visual.transformer.resblocks.0`` ... ``.{n-1}``."""
+        return ["visual.ln_pre", *children_names(self.model, "visual.transformer.resblocks")]
+
+    def _vit_lora_targets(self, block: str) -> list[tuple[str, list[str] | None]]:
+        return self._attention_target(f"{block}.attn")
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        p = self.model.visual.patch_size
+        return (int(p[0]), int(p[1])) if isinstance(p, tuple | list) else (int(p), int(p))
+
+    @property
+    def native_input_size(self) -> tuple[int, int]:
+        size = self.model.visual.image_size
+        return (int(size[0]), int(size[1])) if isinstance(size, tuple | list) else (int(size), int(size))
+
+    def _set_input_size(self, size: tuple[int, int], grid: tuple[int, int], old_grid: tuple[int, int]) -> None:
+        v = self.model.visual
+        pos = v.positional_embedding  # (1 + grid, D): the class token's entry, then the grid
+        with torch.no_grad():
+            pos.data = resample_patch_grid(pos.detach().clone(), old_grid, grid, self.prefix_tokens)
+        v.image_size = size
+        v.grid_size = grid
+        cfg = getattr(v, "preprocess_cfg", None)
+        if isinstance(cfg, dict) and "size" in cfg:  # open_clip's preprocessing reads it (image_transform_v2)
+            cfg["size"] = size
 
     # --- zero-shot head from class names (backbone kwarg text_tower=True) ---------------------------------------
     def keep_text_tower(self, clip: nn.Module) -> None:

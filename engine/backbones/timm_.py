@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from .base import AttentionWeights, BackboneAdapter, CNNHeadParts, ViTParts
+from .base import AttentionWeights, BackboneAdapter, CNNHeadParts, ViTParts, children_names, resample_patch_grid
 from .taps import EFFICIENTNET_LITE_TAPS, RESNET_TAPS, last_children
 
 
@@ -36,6 +36,38 @@ class TimmViT(BackboneAdapter):
     @property
     def prefix_tokens(self) -> int:
         return int(self.model.num_prefix_tokens)
+
+    def encoder_taps(self) -> list[str]:
+        """``norm_pre`` (the embedded tokens that enter ``blocks.0``; an ``nn.Identity`` in most ViTs, whose hooks
+        fire all the same), then ``blocks.0`` ... ``blocks.{n-1}``."""
+        return ["norm_pre", *children_names(self.model, "blocks")]
+
+    def _vit_lora_targets(self, block: str) -> list[tuple[str, list[str] | None]]:
+        return self._attention_target(f"{block}.attn.qkv")
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        p = self.model.patch_embed.patch_size
+        return (int(p[0]), int(p[1])) if isinstance(p, tuple | list) else (int(p), int(p))
+
+    @property
+    def native_input_size(self) -> tuple[int, int]:
+        size = self.model.patch_embed.img_size
+        if size is None:  # a dynamic-size patch embedding without a set size
+            grid, patch = self.model.patch_embed.grid_size, self.patch_size
+            return int(grid[0]) * patch[0], int(grid[1]) * patch[1]
+        return (int(size[0]), int(size[1])) if isinstance(size, tuple | list) else (int(size), int(size))
+
+    def _set_input_size(self, size: tuple[int, int], grid: tuple[int, int], old_grid: tuple[int, int]) -> None:
+        m = self.model
+        pos = m.pos_embed
+        old = pos.detach().clone() if pos is not None else None
+        m.set_input_size(img_size=size)  # timm updates patch_embed (img_size, grid_size, num_patches), pretrained_cfg
+        if pos is not None:  # one resampling rule for every library, in the parameter's dtype, on the same Parameter
+            prefix = 0 if getattr(m, "no_embed_class", False) else self.prefix_tokens
+            with torch.no_grad():
+                pos.data = resample_patch_grid(old, old_grid, grid, prefix)
+            m.pos_embed = pos
 
     def vit_parts(self) -> ViTParts:
         m = self.model
@@ -105,6 +137,27 @@ class TimmCNN(BackboneAdapter):
         "tf_efficientnet_lite*": EFFICIENTNET_LITE_TAPS,
         "efficientnet_lite*": EFFICIENTNET_LITE_TAPS,
     }
+
+    def encoder_taps(self) -> list[str]:
+        """Stage outputs in order.
+
+        EfficientNet family (``EfficientNet``, ``MobileNetV3``: EfficientNet(-Lite), MobileNetV2/V3 ...): the stem
+        (``bn1``), ``blocks.0`` ... ``blocks.{n-1}``, then the head conv's activated output ``bn2`` where the model
+        has it. ResNets: the stem (``maxpool``), ``layer1`` ... ``layer4``. Other models: the modules of timm's
+        ``feature_info``.
+        """
+        m = self.model
+        if all(hasattr(m, a) for a in ("conv_stem", "bn1", "blocks")) and isinstance(m.blocks, nn.Sequential):
+            head = ["bn2"] if isinstance(getattr(m, "bn2", None), nn.Module) else []  # EfficientNet; not MobileNetV3
+            return ["bn1", *children_names(m, "blocks"), *head]
+        if all(hasattr(m, a) for a in ("maxpool", "layer1", "layer2", "layer3", "layer4")):
+            return ["maxpool", "layer1", "layer2", "layer3", "layer4"]
+        info = getattr(m, "feature_info", None)
+        names = [f.get("module") for f in info] if isinstance(info, list) and info else []
+        modules = dict(m.named_modules())
+        if names and all(isinstance(n, str) and n in modules for n in names):
+            return names
+        raise self._unknown_encoder("this timm model (no known stage layout, no usable feature_info)")
 
     def _is_efficientnet(self) -> bool:
         return all(hasattr(self.model, a) for a in ("conv_head", "bn2", "blocks", "classifier"))

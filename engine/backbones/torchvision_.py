@@ -6,7 +6,15 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from .base import BackboneAdapter, CNNHeadParts, ViTParts, mha_self_attention, mha_weights
+from .base import (
+    BackboneAdapter,
+    CNNHeadParts,
+    ViTParts,
+    children_names,
+    mha_self_attention,
+    mha_weights,
+    resample_patch_grid,
+)
 from .taps import RESNET_TAPS, last_children, last_maxpools
 
 
@@ -15,9 +23,35 @@ class TorchvisionViT(BackboneAdapter):
     library = "torchvision"
     DEFAULT_TAPS = {"*": last_children("encoder.layers")}
 
+    square_inputs_only = True  # VisionTransformer._process_input checks height == width == image_size
+
     @property
     def prefix_tokens(self) -> int:
         return 1  # the class token
+
+    def encoder_taps(self) -> list[str]:
+        """``encoder.dropout`` (its output, tokens plus position embedding, is the first layer's input), then
+        ``encoder.layers.encoder_layer_0`` ... ``_{n-1}``."""
+        return ["encoder.dropout", *children_names(self.model, "encoder.layers")]
+
+    def _vit_lora_targets(self, block: str) -> list[tuple[str, list[str] | None]]:
+        return self._attention_target(f"{block}.self_attention")
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return int(self.model.patch_size), int(self.model.patch_size)
+
+    @property
+    def native_input_size(self) -> tuple[int, int]:
+        return int(self.model.image_size), int(self.model.image_size)
+
+    def _set_input_size(self, size: tuple[int, int], grid: tuple[int, int], old_grid: tuple[int, int]) -> None:
+        m = self.model
+        pos = m.encoder.pos_embedding  # (1, 1 + grid, D)
+        with torch.no_grad():
+            pos.data = resample_patch_grid(pos.detach().clone(), old_grid, grid, self.prefix_tokens)
+        m.image_size = size[0]
+        m.seq_length = int(pos.shape[1])
 
     def vit_parts(self) -> ViTParts:
         m = self.model
@@ -68,6 +102,16 @@ class TorchvisionCNN(BackboneAdapter):
         # the last stride-16 stage, the last inverted-residual stage (stride 32), the activated head conv
         "mobilenet_v2": ["features.13", "features.17", "features.18"],
     }
+
+    def encoder_taps(self) -> list[str]:
+        """Stage outputs in order. ResNets: the stem (``maxpool``), ``layer1`` ... ``layer4``. VGGs: the
+        ``MaxPool2d`` children of ``features``. MobileNets: every child of ``features`` (mobilenet_v2:
+        ``features.0`` ... ``features.18``)."""
+        m = self.model
+        fam = self._family()
+        if fam == "resnet":
+            return ["maxpool", "layer1", "layer2", "layer3", "layer4"]
+        return children_names(m, "features", nn.MaxPool2d) or children_names(m, "features")
 
     def _family(self) -> str:
         m = self.model

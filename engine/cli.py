@@ -141,6 +141,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         backbone_kwargs=parse_options(args.backbone_option),
         zero_shot=args.zero_shot,
         templates=args.template or None,
+        input_size=args.input_size,
     )
     print(f"created {art.path} ({art.name})")
     return 0
@@ -197,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("create", help="create an artifact folder for a method on a backbone")
-    p.add_argument("--method", required=True, help="vit-reciprocam, reciprocam, ...")
+    p.add_argument("--method", required=True, help="vit-reciprocam, reciprocam, tame, ala, ...")
     p.add_argument("--backbone", required=True, help="LIBRARY/NAME, e.g. timm/vit_base_patch16_224")
     p.add_argument("--weights", default=None, help="local .safetensors state dict of the classifier")
     p.add_argument(
@@ -214,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="backbone constructor option KEY=VALUE (repeatable), e.g. fused=true",
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="input side in pixels (default: the backbone's own); ALA runs ViTs there (e.g. 384)",
     )
     p.add_argument(
         "--zero-shot",

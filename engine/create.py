@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -86,6 +87,7 @@ def create_artifact(
     seed: int = 0,
     zero_shot: bool = False,
     templates: list[str] | None = None,
+    input_size: int | None = None,
 ) -> Artifact:
     """Create an artifact folder for a training-free method (or an untrained trainable one).
 
@@ -106,6 +108,8 @@ def create_artifact(
         zero_shot: open_clip only: build the classifier from the class names with CLIP's text tower (zero-shot);
             the text tower is used here and not stored.
         templates: prompt templates of the zero-shot head (default ``"a photo of a {}."``).
+        input_size: the input side in pixels (square), overriding the preprocess's; a ViT runs there when its method
+            resizes the position embedding (ALA: the paper's CLIP ViT-B/16 at 384).
     """
     library, name = parse_spec(backbone)
     get_explainer_class(method)  # fail early on an unknown method
@@ -136,6 +140,10 @@ def create_artifact(
         kwargs["normalize"] = True
         cfg.kwargs = kwargs
     pre = preprocess or default_preprocess(adapter)
+    if input_size is not None:
+        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 8:
+            raise InputError(f"input_size must be an integer of at least 8 pixels, got {input_size!r}.")
+        pre = dataclasses.replace(pre, input_size=(input_size, input_size))
     explainer_cfg = ExplainerConfig(method, dict(options or {}))
     graph = build_graph(adapter, explainer_cfg, pre.input_size)
     cfg.weights = "artifact"

@@ -64,6 +64,15 @@ def build_graph(
     return ExplainGraph(adapter, build_explainer(explainer, adapter, size), size).eval()
 
 
+def _fit_input_size(adapter: BackboneAdapter, explainer: ExplainerConfig, size: tuple[int, int]) -> None:
+    """Resize a ViT encoder to the graph's input size (its position embedding) for methods that run it there
+    (``sets_input_size``, e.g. ALA); other methods leave the backbone as it is."""
+    from .explainers import get_explainer_class
+
+    if getattr(get_explainer_class(explainer.method), "sets_input_size", False) and adapter.kind == "vit":
+        adapter.set_input_size(size)
+
+
 def external_weights_path(artifact: Artifact) -> Path:
     """The checked path of an ``external`` backbone weights file (absolute, or relative to the artifact folder)."""
     bb = artifact.backbone
@@ -99,7 +108,9 @@ def _check_fit(artifact: Artifact, problems: str | None) -> None:
         )
 
 
-def graph_from_artifact(artifact: Artifact, *, allow_version_mismatch: bool = False) -> ExplainGraph:
+def graph_from_artifact(
+    artifact: Artifact, *, allow_version_mismatch: bool = False, merge_deltas: bool = True
+) -> ExplainGraph:
     """Build an artifact's explain graph in eval mode and load its weights (safetensors, never pickle).
 
     The backbone's weights come from the artifact's ``weights.safetensors`` (``weights`` = artifact/file: the whole
@@ -108,12 +119,18 @@ def graph_from_artifact(artifact: Artifact, *, allow_version_mismatch: bool = Fa
     weight layout, LoRA deltas on top of the frozen weights) sees the real weights. An explainer head in
     ``explainer.safetensors`` (the explainer's trained state plus the backbone's trainable deltas, see
     :meth:`~engine.explainers.base.Explainer.head_state_dict`) is loaded last and must fit exactly.
+
+    With ``merge_deltas`` (the default: the graph is for inference) the trained deltas are then merged into the
+    frozen weights, exactly as export does, so the torch backend runs the same plain graph as the exported ones; pass
+    False to keep them as trainable parametrizations.
     """
     bb = artifact.backbone
     artifact.check_versions([bb.library], allow_mismatch=allow_version_mismatch)
     adapter = build_backbone(bb)
     rest: dict[str, Tensor] = {}
+    size = tuple(artifact.preprocess.input_size)
     if bb.weights in ("artifact", "file"):
+        _fit_input_size(adapter, artifact.explainer, size)  # the stored graph holds the resized position embedding
         if not artifact.has(WEIGHTS):
             raise ArtifactError(
                 f"artifact {artifact.path or artifact.name} says its weights are in {WEIGHTS}, which it lacks. "
@@ -128,7 +145,8 @@ def graph_from_artifact(artifact: Artifact, *, allow_version_mismatch: bool = Fa
         problems = load_weights(adapter.model, read_safetensors(path, f"{bb.spec} weights"))
         if problems:
             raise ArtifactError(f"{path} does not fit {bb.spec}: {problems}. Check the file and the backbone kwargs.")
-    graph = build_graph(adapter, artifact.explainer, tuple(artifact.preprocess.input_size))
+    _fit_input_size(adapter, artifact.explainer, size)
+    graph = build_graph(adapter, artifact.explainer, size)
     if bb.weights in ("artifact", "file"):
         explainer_state = {k[len("explainer.") :]: v for k, v in rest.items() if k.startswith("explainer.")}
         stray = sorted(k for k in rest if not k.startswith("explainer."))
@@ -147,6 +165,8 @@ def graph_from_artifact(artifact: Artifact, *, allow_version_mismatch: bool = Fa
             f"artifact {artifact.path or artifact.name}: the {artifact.method} explainer has trained parameters but "
             f"the artifact holds neither {WEIGHTS} nor {HEAD_WEIGHTS}. Re-create it from the training output."
         )
+    if merge_deltas:
+        graph.backbone.merge_deltas()
     return graph.eval()
 
 

@@ -91,6 +91,13 @@ class TrainConfig:
             backbone comes from a package, the library's ``pretrained`` or a ``weights`` file stores only the
             trained head (``explainer.safetensors``, a few MB) and names the backbone's source (a weights file by
             its path and sha256); a random backbone is always embedded.
+        split: a split file (``training/make_split.py``, see ``training/splits.py``): its ``train`` images train,
+            its ``val`` images validate, its ``test`` images are never read (``val_size`` is then unused).
+        crop_scale: random-crop augmentation: each training image is cropped to a random square-ish window whose
+            sides are a uniform fraction in ``[crop_scale, 1]`` of the input's, at a random place, and resized back
+            (bilinear); ``None`` = no crops.
+        patience: early stopping: stop after this many epochs without a better validation score (the method's
+            :meth:`TrainingMethod.score`), and write the best epoch's head; ``None`` = train every epoch.
     """
 
     backbone: str
@@ -116,6 +123,9 @@ class TrainConfig:
     progress: bool = True
     loader_threads: int = 4
     embed_backbone: bool = False
+    split: str | None = None
+    crop_scale: float | None = None
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("val_size", "epochs", "batch_size", "num_classes", "loader_threads"):
@@ -130,6 +140,12 @@ class TrainConfig:
             raise InputError(f"input_size must be at least 8 pixels, got {self.input_size}.")
         if self.source is not None and self.source not in ("package", "pretrained", "random"):
             raise InputError(f"source must be package, pretrained or random, got {self.source!r}.")
+        if self.crop_scale is not None and not (0 < self.crop_scale <= 1):
+            raise InputError(f"crop_scale must be in (0, 1], got {self.crop_scale!r}.")
+        if self.patience is not None and (
+            isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1
+        ):
+            raise InputError(f"patience must be a positive integer or None, got {self.patience!r}.")
 
     @property
     def workdir_path(self) -> Path:
@@ -144,9 +160,16 @@ class TrainConfig:
         ident = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_KEYS}
         if not ident["backbone_kwargs"]:  # absent at its default: checkpoints from before the option still resume
             del ident["backbone_kwargs"]
-        for k in ("weights", "data_root"):
+        for k in ("split", "crop_scale", "patience"):  # likewise
+            if ident[k] is None:
+                del ident[k]
+        for k in ("weights", "data_root", "split"):
+            if k not in ident:
+                continue
             if ident[k] is not None:
                 ident[k] = str(Path(ident[k]).expanduser().resolve())
+        if "split" in ident and Path(ident["split"]).is_file():  # a split file edited in place is another run
+            ident["split_sha256"] = sha256_file(Path(ident["split"]))
         return json.loads(json.dumps(ident))
 
 
@@ -158,6 +181,7 @@ class StepContext:
     mean: Tensor  # (3,) preprocessing mean
     std: Tensor  # (3,) preprocessing std
     epoch: int  # 0-based epoch of this step
+    labels: Tensor | None = None  # (B,) the dataset's labels of the batch (None where an image has none)
 
 
 class TrainingMethod:
@@ -174,6 +198,15 @@ class TrainingMethod:
     def explainer_options(self, cfg: TrainConfig) -> dict[str, Any]:
         """The explainer's options for this run."""
         return {}
+
+    def check_data(self, split: Split, cfg: TrainConfig) -> None:
+        """Refuse data the method cannot train on, before any model is built (e.g. missing or bad labels)."""
+
+    def class_names(self, cfg: TrainConfig, split: Split) -> list[str] | None:
+        """The artifact's class names: ImageNet's for a 1000-class backbone, else none."""
+        from engine.create import imagenet_class_names
+
+        return imagenet_class_names() if cfg.num_classes == 1000 else None
 
     def prepare(self, graph: ExplainGraph, cfg: TrainConfig, probe: Callable[[], Tensor]) -> dict[str, Any]:
         """Initialise a new run (not called on resume); ``probe()`` loads a batch of training images. Returns a
@@ -200,9 +233,17 @@ class TrainingMethod:
         graph.explainer.train()
         graph.backbone.eval()
 
-    def validate(self, graph: ExplainGraph, x_val: Tensor, pre: PreprocessConfig, batch: int) -> dict[str, float]:
-        """Validation metrics of the inference maps on the held-out images: AD / IC at 15 % (preset ``tame``)."""
+    def validate(
+        self, graph: ExplainGraph, x_val: Tensor, pre: PreprocessConfig, batch: int, labels: Tensor | None = None
+    ) -> dict[str, float]:
+        """Validation metrics of the inference maps on the held-out images: AD / IC at 15 % (preset ``tame``).
+
+        ``labels`` are the held-out images' dataset labels (None when the dataset has none)."""
         return validate_ad_ic(graph, x_val, pre.mean, pre.std, batch)
+
+    def score(self, val: dict[str, float]) -> float:
+        """The number early stopping maximises (``patience``): by default IC(15%) - AD(15%)."""
+        return val["ic@15"] - val["ad@15"]
 
     def artifact_options(self, graph: ExplainGraph) -> dict[str, Any]:
         """The explainer options recorded in the artifact (resolved, so loading rebuilds the same explainer)."""
@@ -289,9 +330,17 @@ class Split:
     root: Path
     train: list[Path]
     val: list[Path]
+    labels: dict[Path, int] = field(default_factory=dict)  # the dataset's label of each image that has one
+    class_names: list[str] | None = None  # the dataset's class names, where it has them
 
     def val_names(self) -> list[str]:
         return [image_name(p, self.root) for p in self.val]
+
+    def label_tensor(self, paths: Sequence[Path]) -> Tensor | None:
+        """The labels of ``paths`` (int64), or None when any of them has none."""
+        if not all(p in self.labels for p in paths):
+            return None
+        return torch.tensor([self.labels[p] for p in paths], dtype=torch.long)
 
 
 def make_split(cfg: TrainConfig) -> Split:
@@ -306,6 +355,17 @@ def make_split(cfg: TrainConfig) -> Split:
         ds = open_dataset(cfg.data, cfg.data_root)
     except DatasetError as e:
         raise TrainingError(f"cannot read the training data ({cfg.data}, {cfg.data_root}): {e}") from e
+    labels = {Path(s.path): int(s.label) for s in ds if s.label is not None}
+    if cfg.split is not None:
+        from .splits import SplitError, read_split, resolve_split
+
+        try:
+            parts = resolve_split(read_split(cfg.split), ds)
+        except SplitError as e:
+            raise TrainingError(str(e)) from e
+        if not parts["val"]:
+            raise TrainingError(f"the split {cfg.split} has no validation images; make one with --val above 0.")
+        return Split(Path(ds.root), parts["train"], parts["val"], labels, ds.class_names)
     paths = sorted({s.path for s in ds})
     if cfg.val_size >= len(paths):
         raise TrainingError(
@@ -320,6 +380,8 @@ def make_split(cfg: TrainConfig) -> Split:
         root=Path(ds.root),
         train=[paths[i] for i in range(len(paths)) if i not in val_set],
         val=[paths[i] for i in val_idx],
+        labels=labels,
+        class_names=ds.class_names,
     )
 
 
@@ -364,6 +426,96 @@ def check_images(paths: Sequence[Path]) -> None:
         raise TrainingError(f"unreadable image file(s): {shown}. Remove or replace them, then run again.")
 
 
+def augment(x: Tensor, cfg: TrainConfig, generator: torch.Generator) -> Tensor:
+    """The training augmentation of a normalised batch: random crops (``crop_scale``), then horizontal flips."""
+    if cfg.crop_scale is not None and cfg.crop_scale < 1:
+        x = random_crops(x, cfg.crop_scale, generator)
+    if cfg.flip:
+        flip = torch.rand(len(x), generator=generator) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+def random_crops(x: Tensor, min_scale: float, generator: torch.Generator) -> Tensor:
+    """Per image: a window with sides uniform in ``[min_scale, 1]`` of the image's (drawn independently), at a
+    uniform place, resized back to the input size (bilinear). The prototype's "resize 510, crop 384" is one such
+    window of scale 0.75."""
+    import torch.nn.functional as F
+
+    h, w = x.shape[-2:]
+    out = []
+    for img in x:
+        sh, sw = (min_scale + (1 - min_scale) * torch.rand(2, generator=generator)).tolist()
+        ch, cw = max(1, round(h * sh)), max(1, round(w * sw))
+        top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+        crop = img[None, :, top : top + ch, left : left + cw]
+        out.append(F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False))
+    return torch.cat(out)
+
+
+class EarlyStopping:
+    """Keep the best epoch's head by the method's validation score; stop after ``patience`` epochs without a better one.
+
+    With ``patience=None`` it does nothing (every epoch trains, the last head is written).
+    """
+
+    def __init__(self, patience: int | None, score: Callable[[dict[str, float]], float]):
+        self.patience = patience
+        self.score = score
+        self.best_score = -math.inf
+        self.best_epoch = 0
+        self.best_val: dict[str, float] | None = None
+        self.best_head: dict[str, Tensor] | None = None
+        self.bad_epochs = 0
+
+    def update(self, epoch: int, val: dict[str, float], graph: ExplainGraph) -> bool:
+        """Record an epoch's validation; returns whether it is the best so far."""
+        if self.patience is None:
+            return False
+        value = float(self.score(val))
+        if value > self.best_score:
+            self.best_score, self.best_epoch, self.best_val, self.bad_epochs = value, epoch, dict(val), 0
+            self.best_head = {
+                k: v.detach().cpu().clone() for k, v in graph.explainer.head_state_dict(graph.backbone).items()
+            }
+            return True
+        self.bad_epochs += 1
+        return False
+
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready state for the checkpoint (the best head goes in the tensor file, :meth:`best_tensors`)."""
+        return {
+            "patience": self.patience,
+            "best_score": self.best_score if math.isfinite(self.best_score) else None,
+            "best_epoch": self.best_epoch,
+            "best_val": self.best_val,
+            "bad_epochs": self.bad_epochs,
+            "has_best": self.best_head is not None,
+        }
+
+    def best_tensors(self) -> dict[str, Tensor]:
+        return {f"best.{k}": v.contiguous() for k, v in (self.best_head or {}).items()}
+
+    def restore(self, state: dict[str, Any] | None, workdir: Path) -> None:
+        """Continue from a checkpoint's state (and its ``best.*`` tensors)."""
+        if not state or self.patience is None:
+            return
+        from safetensors.torch import load_file
+
+        score = state.get("best_score")
+        self.best_score = -math.inf if score is None else float(score)
+        self.best_epoch = int(state.get("best_epoch", 0))
+        self.best_val = state.get("best_val")
+        self.bad_epochs = int(state.get("bad_epochs", 0))
+        if state.get("has_best"):
+            tensors = load_file(str(workdir / CHECKPOINT_TENSORS))
+            self.best_head = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Checkpoint (safetensors + JSON, no pickle)
 # ----------------------------------------------------------------------------------------------------------------
@@ -384,6 +536,7 @@ def save_checkpoint(
     scheduler: Any,
     generator: torch.Generator,
     meta: dict[str, Any],
+    extra: dict[str, Tensor] | None = None,
 ) -> None:
     """Write ``checkpoint.safetensors`` + ``checkpoint.json`` atomically (temp files, then ``os.replace``).
 
@@ -407,6 +560,7 @@ def save_checkpoint(
                 opt_scalars.setdefault(str(idx), {})[key] = val
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.generator"] = generator.get_state()
+    tensors.update(extra or {})  # e.g. the early-stopping best head (``best.*``)
     sched = {k: v for k, v in scheduler.state_dict().items() if _jsonable(v)}
     workdir.mkdir(parents=True, exist_ok=True)
     fd, tmp_t = tempfile.mkstemp(prefix=".ckpt-", suffix=".safetensors", dir=workdir)
@@ -581,6 +735,7 @@ def train(method: TrainingMethod, cfg: TrainConfig, echo: Callable[[str], None] 
             "changed). Restore the data or start a new run in another --workdir."
         )
     check_images(split.train + split.val)
+    method.check_data(split, cfg)
     out = Path(cfg.out)
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / "manifest.json").is_file())):
         raise TrainingError(f"{out} exists and is not an artifact folder; choose a new --out folder.")
@@ -605,9 +760,13 @@ def train(method: TrainingMethod, cfg: TrainConfig, echo: Callable[[str], None] 
     workdir.mkdir(parents=True, exist_ok=True)
 
     x_val = loader.load(split.val)
+    y_val = split.label_tensor(split.val)
     val: dict[str, float] | None = history[-1]["val"] if history else None
+    stopping = EarlyStopping(cfg.patience, method.score)
+    if doc is not None:
+        stopping.restore(doc.get("early_stopping"), workdir)
     steps_now = 0
-    stop = False
+    stop = stopping.should_stop()
     while epoch < cfg.epochs and not stop:
         t_epoch = time.time()
         method.on_epoch_start(graph, epoch)
@@ -617,11 +776,10 @@ def train(method: TrainingMethod, cfg: TrainConfig, echo: Callable[[str], None] 
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)
         for i in bar:
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x = loader.load([split.train[j] for j in idx])
-            if cfg.flip:
-                flip = torch.rand(len(x), generator=generator) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            terms = train_step(method, graph, x, optimizer, StepContext(generator, mean_t, std_t, epoch))
+            batch_paths = [split.train[j] for j in idx]
+            x = augment(loader.load(batch_paths), cfg, generator)
+            ctx = StepContext(generator, mean_t, std_t, epoch, split.label_tensor(batch_paths))
+            terms = train_step(method, graph, x, optimizer, ctx)
             scheduler.step()
             n_steps += 1
             global_step += 1
@@ -634,8 +792,10 @@ def train(method: TrainingMethod, cfg: TrainConfig, echo: Callable[[str], None] 
                 break
         bar.close()
         epoch += 1
-        val = method.validate(graph, x_val, pre, cfg.batch_size)
+        val = method.validate(graph, x_val, pre, cfg.batch_size, y_val)
         method.set_train_mode(graph)
+        improved = stopping.update(epoch, val, graph)
+        stop = stop or stopping.should_stop()
         wall += time.time() - t_epoch
         record = {
             "epoch": epoch,
@@ -645,6 +805,9 @@ def train(method: TrainingMethod, cfg: TrainConfig, echo: Callable[[str], None] 
             "val": val,
             "epoch_time_s": round(time.time() - t_epoch, 3),
         }
+        if cfg.patience is not None:
+            record["score"] = method.score(val)
+            record["best"] = improved
         history.append(record)
         _log(workdir, record, echo)
         meta = {
@@ -655,12 +818,21 @@ def train(method: TrainingMethod, cfg: TrainConfig, echo: Callable[[str], None] 
             "heldout": split.val_names(),
             "history": history,
             "init": init,
+            "early_stopping": stopping.state(),
         }
-        save_checkpoint(workdir, graph, optimizer, scheduler, generator, meta)
+        save_checkpoint(workdir, graph, optimizer, scheduler, generator, meta, stopping.best_tensors())
 
+    if stopping.best_head is not None:  # write the best epoch's head, not the last one's
+        problems = graph.explainer.load_head_state_dict(graph.backbone, stopping.best_head)
+        if problems:
+            raise TrainingError(f"the best epoch's head does not fit back ({problems}).")
+        val = stopping.best_val
+        echo(f"early stopping: the artifact holds epoch {stopping.best_epoch} (score {stopping.best_score:.4f})")
     if val is None:
-        val = method.validate(graph, x_val, pre, cfg.batch_size)
+        val = method.validate(graph, x_val, pre, cfg.batch_size, y_val)
     run = {"epochs_done": epoch, "steps": global_step, "wall_time_s": wall, "t_start": t_start, "init": init}
+    if cfg.patience is not None:
+        run["early_stopping"] = {k: v for k, v in stopping.state().items() if k != "has_best"}
     return write_trained_artifact(method, cfg, graph, bb_cfg, pre, split, val, run)
 
 
@@ -676,13 +848,12 @@ def write_trained_artifact(
 ) -> Artifact:
     """Write the artifact folder: the trained head (or the whole graph, see :func:`artifact_backbone`), the manifest
     with a ``training`` section, and ``heldout.json``."""
-    from engine.create import imagenet_class_names
     from engine.graph import save_graph
     from engine.state import save_tensors
 
     graph.eval()
     bb_cfg, embed = artifact_backbone(cfg, bb_cfg)
-    class_names = imagenet_class_names() if cfg.num_classes == 1000 else None
+    class_names = method.class_names(cfg, split)
     manifest = new_manifest(bb_cfg, ExplainerConfig(method.method, method.artifact_options(graph)), pre, class_names)
     heldout = split.val_names()
     manifest["training"] = {
@@ -693,7 +864,10 @@ def write_trained_artifact(
             "train_images": len(split.train),
             "val_images": len(split.val),
             "flip": cfg.flip,
+            **({"crop_scale": cfg.crop_scale} if cfg.crop_scale is not None else {}),
+            **({"split": split_record(cfg.split)} if cfg.split is not None else {}),
         },
+        **({"early_stopping": run["early_stopping"]} if "early_stopping" in run else {}),
         "heldout": heldout,
         "seed": cfg.seed,
         "epochs": cfg.epochs,
@@ -721,6 +895,18 @@ def write_trained_artifact(
         hpath.write_text(json.dumps(heldout, indent=1) + "\n", encoding="utf-8")
         files[HELDOUT_FILE] = hpath
         return write_artifact(manifest, cfg.out, files)
+
+
+def split_record(path: str) -> dict[str, Any]:
+    """How the manifest names a split file: its path and sha256, and the size of each part."""
+    from .splits import read_split
+
+    doc = read_split(path)
+    return {
+        "file": str(path),
+        "sha256": sha256_file(Path(path).expanduser()),
+        "sizes": {part: len(doc[part]) for part in ("train", "val", "test")},
+    }
 
 
 def artifact_backbone(cfg: TrainConfig, bb_cfg: BackboneConfig) -> tuple[BackboneConfig, bool]:

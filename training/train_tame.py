@@ -51,6 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--data-root", default=None, help="dataset folder (default: the dataset's folder in ../shared/data)")
     p.add_argument("--val-size", type=int, default=200, help="held-out validation images (default 200)")
+    p.add_argument(
+        "--split",
+        default=None,
+        help="a split file (training/make_split.py): train on its train part, validate on its val part "
+        "(overrides --val-size)",
+    )
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3, help="maximum learning rate of OneCycleLR (default 1e-3)")
@@ -97,6 +103,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TameConfig:
         data=args.data,
         data_root=args.data_root,
         val_size=args.val_size,
+        split=args.split,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,

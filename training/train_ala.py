@@ -18,15 +18,20 @@ this script only parses arguments.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: the `training` package
 
-from engine.cli import parse_options  # noqa: E402
-from engine.errors import EngineError  # noqa: E402
 from training.ala import DEFAULT_LAMBDA, ALAConfig, train  # noqa: E402
+from training.cli import (  # noqa: E402
+    add_backbone_arguments,
+    add_data_arguments,
+    add_run_arguments,
+    add_schedule_arguments,
+    common_config,
+    run_main,
+)
 
 
 def _taps(text: str) -> list[int] | str:
@@ -47,20 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "labelled dataset; AdamW, CE(PB) + lambda CE(ALA), early stopping on the validation loss; write an artifact "
         "folder that Engine.load and export/*.py accept.",
     )
-    p.add_argument("--backbone", required=True, help="the encoder, LIBRARY/NAME, e.g. open_clip/ViT-B-16")
-    p.add_argument(
-        "--source",
-        choices=("package", "random", "pretrained"),
-        default=None,
-        help="encoder weights (default: package where one is known, else pretrained)",
-    )
-    p.add_argument("--weights", default=None, help="local .safetensors encoder state dict (overrides --source)")
-    p.add_argument("--num-classes", type=int, default=1000, help="the encoder's own classifier outputs (default 1000)")
-    p.add_argument("--backbone-option", action="append", default=[], help="encoder constructor option KEY=VALUE")
-    p.add_argument("--data", default="folder", help="engine.data dataset: kahikatea, cub, imagenet-s, folder, ...")
-    p.add_argument("--data-root", default=None, help="dataset folder (default: the dataset's folder in ../shared/data)")
-    p.add_argument("--split", default=None, help="split file (training/make_split.py); else --val-size at random")
-    p.add_argument("--val-size", type=int, default=200, help="held-out images without --split (default 200)")
+    add_backbone_arguments(p, "encoder")
+    add_data_arguments(p, "kahikatea, cub, imagenet-s, folder, ...")
     p.add_argument("--classes", type=int, default=None, help="classes of the perception branch (default: dataset's)")
     p.add_argument("--preset", choices=("cub", "imagenet-s"), default="cub", help="adapter size (paper's Table 1)")
     p.add_argument("--dim", type=int, default=None, help="adapter width (overrides the preset)")
@@ -80,37 +73,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--lam", type=float, default=DEFAULT_LAMBDA, help=f"weight of CE(ALA) (default {DEFAULT_LAMBDA:.4g})"
     )
     p.add_argument("--no-aea", action="store_true", help="train every epoch with alpha (the ablation without AEA)")
-    p.add_argument("--epochs", type=int, default=120)
+    add_schedule_arguments(p, epochs=120, batch_size=8, lr=5e-5, weight_decay=1e-4, lr_help="AdamW learning rate")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (0: none)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-size", type=int, default=None, help="input side (default: the preset's 384)")
     p.add_argument("--crop-scale", type=float, default=0.75, help="random-crop scale (1: no crops)")
-    p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
-    p.add_argument("--out", required=True, help="artifact folder to write")
-    p.add_argument("--workdir", default=None, help="checkpoint + train_log.jsonl folder (default: <out>-work)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --workdir")
-    p.add_argument("--max-steps", type=int, default=None, help="stop this run after N optimiser steps")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--embed-backbone", action="store_true", help="store the whole graph in the artifact")
+    add_run_arguments(p)
     return p.parse_args(argv)  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str]) -> ALAConfig:
     """The run's :class:`ALAConfig` from parsed arguments (``argv`` is recorded in the manifest)."""
     return ALAConfig(
-        backbone=args.backbone,
-        out=args.out,
-        source=args.source,
-        weights=args.weights,
-        num_classes=args.num_classes,
-        backbone_kwargs=parse_options(args.backbone_option),
-        data=args.data,
-        data_root=args.data_root,
-        split=args.split,
-        val_size=args.val_size,
+        **common_config(args, "training/train_ala.py", argv),
         classes=args.classes,
         preset=args.preset,
         dim=args.dim,
@@ -123,35 +97,20 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> ALAConfig:
         pb_channels=args.pb_channels,
         lam=args.lam,
         aea=not args.no_aea,
-        epochs=args.epochs,
         patience=args.patience or None,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        input_size=args.input_size,
         crop_scale=None if args.crop_scale >= 1 else args.crop_scale,
-        flip=not args.no_flip,
-        workdir=args.workdir,
-        resume=args.resume,
-        max_steps=args.max_steps,
-        command=shlex.join(["python", "training/train_ala.py", *argv]),
-        progress=not args.no_progress,
-        embed_backbone=args.embed_backbone,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, train, write the artifact; errors print one line and return 2."""
-    args = parse_args(argv)
-    try:
-        art = train(config_from_args(args, sys.argv[1:] if argv is None else list(argv)))
-    except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    v = art.manifest["training"]["final_val"]
-    print(f"wrote {art.path}: val loss {v['loss']:.4f}  accuracy {v['acc']:.3f}  (ALA classifier {v['acc_ala']:.3f})")
-    return 0
+    return run_main(
+        argv,
+        parse_args,
+        config_from_args,
+        train,
+        lambda v: f"val loss {v['loss']:.4f}  accuracy {v['acc']:.3f}  (ALA classifier {v['acc_ala']:.3f})",
+    )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, UnsupportedModelError
 from ..numeric import minmax
-from .base import Explainer, register_explainer
+from .base import Explainer, probe_taps, register_explainer
 
 #: The paper's Table 1: adapter width, depth and heads per dataset; the input size the paper used with CLIP.
 PRESETS = {
@@ -253,14 +253,7 @@ class ALA(Explainer):
             for target, parts in backbone.lora_targets(o.lora_block):
                 self.lora_targets += backbone.add_lora([target], rank=o.lora_rank, alpha=o.lora_alpha, parts=parts)
         probe = next(backbone.parameters())
-        x = torch.zeros(1, 3, *size, dtype=probe.dtype, device=probe.device)
-        was_training = backbone.training
-        backbone.eval()
-        try:
-            with torch.no_grad():
-                logits, maps = backbone.tap_maps(x, self.tap_names)
-        finally:
-            backbone.train(was_training)
+        logits, maps = probe_taps(backbone, self.tap_names, size)
         n_logits = int(logits.shape[-1])
         self.num_classes = n_logits if o.num_classes is None else int(o.num_classes)
         if self.num_classes < 1:

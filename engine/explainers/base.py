@@ -123,6 +123,20 @@ class Explainer(nn.Module):
         return "; ".join(problems) or None
 
 
+def probe_taps(backbone: nn.Module, taps: list[str], input_size: tuple[int, int]) -> tuple[Tensor, dict[str, Tensor]]:
+    """The backbone's logits and tap maps on one zero image of ``input_size`` (eval mode, no grad): the shapes an
+    explainer sizes its layers from. The backbone's train/eval mode is left as it was."""
+    probe = next(backbone.parameters())
+    x = torch.zeros(1, 3, *input_size, dtype=probe.dtype, device=probe.device)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            return backbone.tap_maps(x, taps)
+    finally:
+        backbone.train(was_training)
+
+
 def resolve_target(logits: Tensor, target: Tensor) -> Tensor:
     """The class each map explains: ``target`` where >= 0, else the predicted class."""
     return torch.where(target >= 0, target, logits.argmax(dim=-1))

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, UnsupportedModelError
 from ..numeric import minmax
-from .base import Explainer, register_explainer, resolve_target
+from .base import Explainer, probe_taps, register_explainer, resolve_target
 
 
 class FeatureBranch(nn.Module):
@@ -72,14 +72,7 @@ class TTAME(Explainer):
         super().__init__(options, backbone, input_size)
         self.taps = self._resolve_taps(options.taps, backbone)
         probe = next(backbone.parameters())
-        x = torch.zeros(1, 3, *input_size, dtype=probe.dtype, device=probe.device)
-        was_training = backbone.training
-        backbone.eval()
-        try:
-            with torch.no_grad():
-                logits, maps = backbone.tap_maps(x, self.taps)
-        finally:
-            backbone.train(was_training)
+        logits, maps = probe_taps(backbone, self.taps, input_size)
         n_logits = int(logits.shape[-1])
         num_classes = n_logits if options.num_classes is None else int(options.num_classes)
         if num_classes != n_logits:

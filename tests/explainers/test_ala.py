@@ -151,3 +151,43 @@ def test_explicit_tap_modules_for_an_encoder_without_a_known_sequence():
     assert isinstance(g.explainer, ALA)
     with pytest.raises(UnsupportedModelError, match=r"has no module\(s\) \['blocks.99'\]"):
         ala_graph(cnn(), 64, tap_modules=["bn1", "blocks.99"], taps=[0], lora_rank=0)
+
+
+# open_clip's ViT-B-16 layout (the paper's encoder) with a tiny tower, made for 64 px
+OPEN_CLIP_TINY = {
+    "vision_cfg": {"image_size": 64, "patch_size": 16, "width": 64, "layers": 3, "head_width": 32, "mlp_ratio": 2.0},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    "embed_dim": 32,
+}
+
+
+def test_open_clip_encoder_at_a_larger_size_with_lora_on_its_attention_merges_and_exports(tmp_path):
+    """The paper's setting in small: CLIP's ViT-B-16 code, run above its native size (the paper: 224 -> 384), LoRA on
+    the last block's nn.MultiheadAttention q and v rows; merged == unmerged in float64; ONNX parity in float32."""
+    bb = random_backbone("open_clip", "ViT-B-16", 4, **OPEN_CLIP_TINY)
+    out_proj = bb.model.visual.transformer.resblocks[-1].attn.out_proj.weight.detach().clone()
+    g = ala_graph(bb, 96, taps="paper", depth=4)
+    assert bb.native_input_size == (96, 96) and g.explainer.grid == (6, 6)
+    assert g.explainer.lattice_taps[0] == "visual.ln_pre" and g.explainer.last_tap == "visual.transformer.resblocks.2"
+    assert g.explainer.lora_targets == ["visual.transformer.resblocks.2.attn"]
+    randomise_lora(g)
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(5))
+    g64 = g.double().eval()
+    with torch.no_grad():
+        before = g64(x.double())
+        g64.backbone.merge_deltas()
+        after = g64(x.double())
+    assert torch.allclose(before[0], after[0], rtol=0, atol=1e-10) and torch.allclose(before[1], after[1], atol=1e-10)
+    # the peft bug merged the out_proj delta twice: here out_proj has no delta and stays as it was
+    assert torch.equal(bb.model.visual.transformer.resblocks[-1].attn.out_proj.weight.float(), out_proj)
+    g32 = g64.float()
+    pytest.importorskip("onnxruntime")
+    from engine.backends import get_backend_class
+
+    backend = get_backend_class("onnxruntime")(g32, input_size=(96, 96))
+    with torch.no_grad():
+        want = g32(x)
+    logits, sal = backend.infer(x.numpy())
+    assert abs(logits - want[0].numpy()).max() <= 1e-4 and abs(sal - want[1].numpy()).max() <= 1e-4
+    with pytest.raises(InputError, match="not a positive multiple of the patch size 16"):
+        ala_graph(random_backbone("open_clip", "ViT-B-16", 4, **OPEN_CLIP_TINY), 100, patch=20)

@@ -304,3 +304,26 @@ def test_cub_papers_split_takes_the_official_test_and_a_total_val_count(tmp_path
     assert sorted(doc["counts"]["val"].values()) == [2, 3]  # spread over the classes by their sizes
     with pytest.raises(Exception, match="has no split 'val'"):
         splits.stratified_split(ds, val=5, test_split="val")
+
+
+def test_command_line_maps_to_the_config_and_errors_exit_2(tmp_path, data, capsys):
+    sys.path.insert(0, str(ROOT / "training"))
+    import train_ala
+
+    argv = ["--backbone", "timm/vit_tiny_patch16_224", "--source", "random", "--data", "folder", "--data-root",
+            str(data), "--val-size", "4", "--taps", "0,2", "--no-aea", "--lam", "0.5", "--crop-scale", "1",
+            "--patience", "0", "--input-size", "48", "--out", str(tmp_path / "a")]  # fmt: skip
+    cfg = train_ala.config_from_args(train_ala.parse_args(argv), argv)
+    assert (cfg.taps, cfg.aea, cfg.lam, cfg.crop_scale, cfg.patience, cfg.input_size) == (
+        [0, 2],
+        False,
+        0.5,
+        None,
+        None,
+        48,
+    )
+    assert cfg.command.startswith("python training/train_ala.py --backbone")
+    assert train_ala.main([*argv, "--classes", "1"]) == 2
+    assert "outside the 1 classes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_ala.parse_args([*argv, "--taps", "a,b"])

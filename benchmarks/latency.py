@@ -265,7 +265,7 @@ def build_model(spec: ModelSpec, seed: int, chunk_size: int) -> BuiltModel:
 
         art = load_artifact(spec.artifact)
         graph = graph_from_artifact(art)
-        classify = ClassifyGraph(graph.backbone).eval()
+        classify = ClassifyGraph(graph.backbone, tuple(art.preprocess.input_size)).eval()
         return BuiltModel(
             spec, graph.backbone, art.preprocess, {"classify": classify, "fast": graph, "reference": graph}
         )

@@ -80,9 +80,10 @@ def test_two_epochs_then_artifact_then_onnx_parity(tmp_path, data, encoder):
     assert [r["train"]["alpha_epoch"] for r in log] == [1.0, 0.0]  # epoch 1 with alpha, epoch 2 with h_ALA = 1
     assert "ce_ala" in log[0]["train"] and "ce_ala" not in log[1]["train"]
     t = art.manifest["training"]
-    assert art.method == "ala" and t["aea"] is True and t["loss"]["lambda"] == pytest.approx(1 / 15)
+    assert art.method == "ala" and t["aea"] is True and t["loss"]["lambda"] == pytest.approx(1.0)
     assert art.class_names == ["absent", "present"] and art.explainer.options["num_classes"] == 2
     assert t["init"]["lora_targets"] and t["init"]["parameters"]["lora"] > 0
+    assert "early_stopping" not in t  # patience=None here; with it, the run's record (see the next test)
     graph = graph_from_artifact(load_artifact(art.path))
     size = ENCODERS[encoder]["input_size"]
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -185,6 +186,15 @@ def test_resume_with_a_changed_config_is_refused_and_the_same_one_continues(tmp_
     lines = []
     ala.train(config(tmp_path, data, epochs=2, resume=True), echo=lines.append)
     assert lines[0].startswith("resumed from") and json.loads(lines[1])["epoch"] == 2
+
+
+def test_early_stopping_writes_the_best_epochs_head_and_records_it(tmp_path, data):
+    art = ala.train(config(tmp_path, data, epochs=3, patience=1, lr=5e-2), echo=quiet)
+    log = [json.loads(line) for line in (tmp_path / "work" / core.LOG_FILE).read_text().splitlines()]
+    rec = art.manifest["training"]["early_stopping"]
+    best = max(log, key=lambda r: r["score"])
+    assert rec["patience"] == 1 and rec["best_epoch"] == best["epoch"] and rec["best_val"] == best["val"]
+    assert art.manifest["training"]["final_val"] == best["val"]  # the written head is the best epoch's
 
 
 def test_config_checks():

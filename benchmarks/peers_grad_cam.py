@@ -57,8 +57,11 @@ def cam_maps(
     cam.batch_size = batch_size
     out = []
     step = 1 if method == "scorecam" else batch_size
-    for start in range(0, len(images), step):
-        x = torch.from_numpy(np.ascontiguousarray(images[start : start + step]))
-        t = [ClassifierOutputTarget(int(c)) for c in targets[start : start + step]]
-        out.append(np.asarray(cam(input_tensor=x, targets=t), dtype=np.float32))
+    try:
+        for start in range(0, len(images), step):
+            x = torch.from_numpy(np.ascontiguousarray(images[start : start + step]))
+            t = [ClassifierOutputTarget(int(c)) for c in targets[start : start + step]]
+            out.append(np.asarray(cam(input_tensor=x, targets=t), dtype=np.float32))
+    finally:  # remove its hooks: the model is used again afterwards (metrics, export), and they would keep firing
+        cam.activations_and_grads.release()
     return np.concatenate(out, axis=0)

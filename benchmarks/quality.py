@@ -32,6 +32,7 @@ from engine.errors import EngineError  # noqa: E402
 from engine.fileio import atomic_write, atomic_write_text  # noqa: E402
 from engine.graph import ClassifyGraph, graph_from_artifact  # noqa: E402
 from engine.preprocess import Preprocessor  # noqa: E402
+from engine.report import bootstrap_ci  # noqa: E402
 
 # id:PRESET computes insertion, deletion and ID in one pass
 DEFAULT_METRICS = "id:rise,id:ovxai,ad_ic:tame,road:tame,adcc:reference"
@@ -48,7 +49,6 @@ CSV_COLUMNS = [
     "precision",
     "params",
 ]
-BOOTSTRAP_RESAMPLES = 2000
 # which direction is better, by metric name prefix (for the chart's titles)
 BETTER = {
     "insertion": "↑",
@@ -154,18 +154,6 @@ def cached_maps(subject: Subject, method: str, fn, ids: list[str], out_dir: Path
     atomic_write(path, lambda fh: np.savez(fh, saliency=maps, targets=subject.pred, ids=np.array(ids), seconds=seconds))
     log(f"{subject.name} {method}: {len(ids)} maps in {seconds:.1f} s")
     return maps
-
-
-def bootstrap_ci(per_image: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile-bootstrap interval of the mean over images (seeded): how much the value moves with the
-    sample of images, to tell real differences between methods from noise."""
-    v = np.asarray(per_image, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, len(v), size=(resamples, len(v)))
-    means = v[idx].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def select_images(samples: list, root: Path, images: str, limit: int | None, seed: int) -> list:

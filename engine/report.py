@@ -1,4 +1,5 @@
-"""Benchmark reporting, one home: percentiles, fixed-width tables, JSON and CSV records (written atomically)."""
+"""Benchmark reporting, one home: percentiles, bootstrap intervals, fixed-width tables, JSON and CSV records (written
+atomically)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .fileio import atomic_write
+
+BOOTSTRAP_RESAMPLES = 2000
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -26,6 +31,48 @@ def percentile(values: Sequence[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def bootstrap_ci(
+    per_image: Sequence[float] | np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of the mean over images (seeded): how much the value moves with the
+    sample of images, to tell real differences between methods from noise. Non-finite values are left out; an
+    empty input gives ``(nan, nan)``."""
+    v = np.asarray(per_image, dtype=np.float64).reshape(-1)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, len(v), size=(resamples, len(v)))
+    means = v[idx].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def paired_bootstrap_diff(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over paired per-image values and its 95 % percentile-bootstrap interval (seeded): the images
+    are resampled together, so what both methods find hard or easy cancels out.
+
+    Returns:
+        ``(mean difference, low, high)``.
+
+    Raises:
+        ValueError: ``a`` and ``b`` differ in length, are empty, or hold non-finite values.
+    """
+    x = np.asarray(a, dtype=np.float64).reshape(-1)
+    y = np.asarray(b, dtype=np.float64).reshape(-1)
+    if x.shape != y.shape or len(x) == 0:
+        raise ValueError(f"a paired bootstrap needs two equally long non-empty samples, got {len(x)} and {len(y)}.")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("a paired bootstrap needs finite values.")
+    d = x - y
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(resamples, len(d)))
+    means = d[idx].mean(axis=1)
+    return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def format_table(

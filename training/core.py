@@ -203,10 +203,14 @@ class TrainingMethod:
         """Refuse data the method cannot train on, before any model is built (e.g. missing or bad labels)."""
 
     def class_names(self, cfg: TrainConfig, split: Split) -> list[str] | None:
-        """The artifact's class names: ImageNet's for a 1000-class backbone, else none."""
+        """The artifact's class names: ImageNet's for a 1000-class backbone, the dataset's when it has as many
+        classes as the backbone (a classifier fine-tuned on it), else none."""
         from engine.create import imagenet_class_names
 
-        return imagenet_class_names() if cfg.num_classes == 1000 else None
+        if cfg.num_classes == 1000:
+            return imagenet_class_names()
+        names = split.class_names
+        return list(names) if names and len(names) == cfg.num_classes else None
 
     def prepare(self, graph: ExplainGraph, cfg: TrainConfig, probe: Callable[[], Tensor]) -> dict[str, Any]:
         """Initialise a new run (not called on resume); ``probe()`` loads a batch of training images. Returns a

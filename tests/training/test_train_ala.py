@@ -337,3 +337,11 @@ def test_command_line_maps_to_the_config_and_errors_exit_2(tmp_path, data, capsy
     assert "outside the 1 classes" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_ala.parse_args([*argv, "--taps", "a,b"])
+
+
+def test_artifact_class_names_come_from_the_dataset_when_the_class_counts_match(tmp_path):
+    split = core.Split(tmp_path, [], [], {}, ["absent", "present"])
+    method = core.TrainingMethod()
+    assert method.class_names(config(tmp_path, tmp_path, num_classes=2), split) == ["absent", "present"]
+    assert method.class_names(config(tmp_path, tmp_path, num_classes=3), split) is None
+    assert len(method.class_names(config(tmp_path, tmp_path, num_classes=1000), split)) == 1000

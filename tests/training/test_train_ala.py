@@ -103,13 +103,18 @@ def test_two_epochs_then_artifact_then_onnx_parity(tmp_path, data, encoder):
     model = onnx.load(str(exported.file("model.onnx")))
     assert [i.name for i in model.graph.input] == ["image", "target"]
     assert not any("lora" in (init.name or "").lower() for init in model.graph.initializer)  # merged at export
-    torch_engine = Engine.load(art.path, backend="torch")
-    ort_engine = Engine.load(exported.path, backend="onnxruntime")
     images = sorted((data / "present").glob("*.png"))[:3]
-    for a, b in zip(torch_engine.explain(images), ort_engine.explain(images), strict=True):
-        assert a.class_id == b.class_id
-        assert abs(a.score - b.score) <= 1e-4
-        assert np.abs(a.saliency - b.saliency).max() <= 1e-4
+    want = Engine.load(art.path, backend="torch").explain(images)
+    runtimes = ["onnxruntime"]
+    if importlib.util.find_spec("openvino") is not None:
+        export_artifact(load_artifact(exported.path), tmp_path / "ov", ("openvino",))
+        runtimes.append("openvino")
+    for backend in runtimes:
+        src = exported.path if backend == "onnxruntime" else tmp_path / "ov"
+        for a, b in zip(want, Engine.load(src, backend=backend).explain(images), strict=True):
+            assert a.class_id == b.class_id and b.method == "ala"
+            assert abs(a.score - b.score) <= 1e-4
+            assert np.abs(a.saliency - b.saliency).max() <= 1e-4
 
 
 def test_aea_even_epoch_leaves_ala_bit_identical_and_trains_the_rest(tmp_path, data):

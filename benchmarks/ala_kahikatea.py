@@ -63,7 +63,14 @@ import engine  # noqa: E402, F401  (first: engine/_compat.py settles the torchvi
 from engine.config import PreprocessConfig  # noqa: E402
 from engine.errors import ArtifactError, EngineError, InputError  # noqa: E402
 from engine.fileio import atomic_write  # noqa: E402
-from engine.report import bootstrap_ci, format_table, paired_bootstrap_diff, write_csv, write_json  # noqa: E402
+from engine.report import (  # noqa: E402
+    METRIC_COLUMNS,
+    bootstrap_ci,
+    format_table,
+    paired_bootstrap_diff,
+    write_csv,
+    write_json,
+)  # noqa: E402
 
 BACKBONE = "timm/tf_efficientnet_lite0"
 CLASS_NAMES = ["absent", "present"]
@@ -77,21 +84,7 @@ CLASSIFIER_FILE = "classifier.safetensors"
 SUMMARY_FILE = "summary.json"
 LOG_FILE = "train_log.jsonl"
 EVAL_VERSION = 1  # bump when the evaluation changes what a cached result means
-CSV_COLUMNS = [
-    "dataset",
-    "model",
-    "method",
-    "metric",
-    "preset",
-    "value",
-    "ci95_low",
-    "ci95_high",
-    "n_images",
-    "diff_vs_gradcam",
-    "diff_ci95_low",
-    "diff_ci95_high",
-    "artifact",
-]
+CSV_COLUMNS = [*METRIC_COLUMNS, "diff_vs_gradcam", "diff_ci95_low", "diff_ci95_high", "artifact"]
 
 
 def log(msg: str) -> None:

@@ -32,23 +32,11 @@ from engine.errors import EngineError  # noqa: E402
 from engine.fileio import atomic_write, atomic_write_text  # noqa: E402
 from engine.graph import ClassifyGraph, graph_from_artifact  # noqa: E402
 from engine.preprocess import Preprocessor  # noqa: E402
-from engine.report import bootstrap_ci  # noqa: E402
+from engine.report import METRIC_COLUMNS, bootstrap_ci  # noqa: E402
 
 # id:PRESET computes insertion, deletion and ID in one pass
 DEFAULT_METRICS = "id:rise,id:ovxai,ad_ic:tame,road:tame,adcc:reference"
-CSV_COLUMNS = [
-    "dataset",
-    "model",
-    "method",
-    "metric",
-    "preset",
-    "value",
-    "ci95_low",
-    "ci95_high",
-    "n_images",
-    "precision",
-    "params",
-]
+CSV_COLUMNS = [*METRIC_COLUMNS, "precision", "params"]
 # which direction is better, by metric name prefix (for the chart's titles)
 BETTER = {
     "insertion": "↑",

@@ -122,3 +122,7 @@ def write_csv(
             {k: json.dumps(v) if isinstance(v, list | dict) else ("" if v is None else v) for k, v in r.items()}
         )
     return atomic_write(path, buf.getvalue())
+
+
+#: The leading columns of every quality-benchmark CSV (one row per method, metric and preset).
+METRIC_COLUMNS = ["dataset", "model", "method", "metric", "preset", "value", "ci95_low", "ci95_high", "n_images"]

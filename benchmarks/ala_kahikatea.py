@@ -60,6 +60,7 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 import engine  # noqa: E402, F401  (first: engine/_compat.py settles the torchvision clash before timm loads)
+from engine.artifact import sha256_file  # noqa: E402
 from engine.config import PreprocessConfig  # noqa: E402
 from engine.errors import ArtifactError, EngineError, InputError  # noqa: E402
 from engine.fileio import atomic_write  # noqa: E402
@@ -89,12 +90,6 @@ CSV_COLUMNS = [*METRIC_COLUMNS, "diff_vs_gradcam", "diff_ci95_low", "diff_ci95_h
 
 def log(msg: str) -> None:
     print(f"[ala-kahikatea {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def sha256_of(path: str | Path) -> str:
-    from engine.artifact import sha256_file
-
-    return sha256_file(Path(path))
 
 
 def rel(path: str | Path) -> str:
@@ -143,7 +138,7 @@ def load_split(split: str | Path, data: str = "kahikatea", data_root: str | None
     paths = resolve_split(doc, ds)
     by_path = {Path(s.path): s for s in ds}
     parts = {part: [by_path[p] for p in names] for part, names in paths.items()}
-    return SplitData(Path(split), sha256_of(split), Path(ds.root), parts)
+    return SplitData(Path(split), sha256_file(split), Path(ds.root), parts)
 
 
 def mask_to_input(mask: np.ndarray, pre: PreprocessConfig) -> np.ndarray:
@@ -438,7 +433,7 @@ def finetune(
         "wall_time_s": round(time.time() - t0, 1),
         "torch_threads": torch.get_num_threads(),
         "classifier": CLASSIFIER_FILE,
-        "classifier_sha256": sha256_of(out / CLASSIFIER_FILE),
+        "classifier_sha256": sha256_file(out / CLASSIFIER_FILE),
     }
     write_json(out / SUMMARY_FILE, summary)
     return summary
@@ -682,7 +677,7 @@ def fingerprint(spec: MethodSpec, sd: SplitData, settings: dict[str, Any]) -> st
     doc = {
         "version": EVAL_VERSION,
         "kind": spec.kind,
-        "source": sha256_of(ident),
+        "source": sha256_file(ident),
         "split": sd.sha256,
         "root": str(sd.root),
         "settings": settings,
@@ -767,7 +762,7 @@ def run_method(
         info.update(
             method=f"gradcam (pytorch-grad-cam {_version('grad-cam')} GradCAM on the last feature map, bn2)",
             backbone=BACKBONE,
-            classifier_sha256=sha256_of(spec.path),
+            classifier_sha256=sha256_file(spec.path),
             training=None,
         )
         with torch.no_grad():

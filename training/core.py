@@ -504,19 +504,16 @@ class EarlyStopping:
     def best_tensors(self) -> dict[str, Tensor]:
         return {f"best.{k}": v.contiguous() for k, v in (self.best_head or {}).items()}
 
-    def restore(self, state: dict[str, Any] | None, workdir: Path) -> None:
-        """Continue from a checkpoint's state (and its ``best.*`` tensors)."""
+    def restore(self, state: dict[str, Any] | None, tensors: dict[str, Tensor]) -> None:
+        """Continue from a checkpoint's state and its tensors (the ``best.*`` head)."""
         if not state or self.patience is None:
             return
-        from safetensors.torch import load_file
-
         score = state.get("best_score")
         self.best_score = -math.inf if score is None else float(score)
         self.best_epoch = int(state.get("best_epoch", 0))
         self.best_val = state.get("best_val")
         self.bad_epochs = int(state.get("bad_epochs", 0))
         if state.get("has_best"):
-            tensors = load_file(str(workdir / CHECKPOINT_TENSORS))
             self.best_head = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
 
 
@@ -621,8 +618,9 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     generator: torch.Generator,
-) -> None:
-    """Restore the explainer's head, optimiser, scheduler and RNG states from a checkpoint (safetensors, no pickle)."""
+) -> dict[str, Tensor]:
+    """Restore the explainer's head, optimiser, scheduler and RNG states from a checkpoint (safetensors, no pickle);
+    returns the checkpoint's tensors (for what else they hold, e.g. the early-stopping best head)."""
     from safetensors.torch import load_file
 
     tensors = load_file(str(workdir / CHECKPOINT_TENSORS))
@@ -644,6 +642,7 @@ def load_checkpoint(
     scheduler.load_state_dict({**scheduler.state_dict(), **doc["scheduler"]})
     torch.set_rng_state(tensors["rng.torch"])
     generator.set_state(tensors["rng.generator"])
+    return tensors
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -757,8 +756,10 @@ def train(method: TrainingMethod, cfg: TrainConfig, echo: Callable[[str], None] 
     optimizer, scheduler = method.optimizer(params, cfg, cfg.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     epoch, global_step, history, wall = 0, 0, [], 0.0
+    stopping = EarlyStopping(cfg.patience, method.score)
     if doc is not None:
-        load_checkpoint(workdir, doc, graph, optimizer, scheduler, generator)
+        tensors = load_checkpoint(workdir, doc, graph, optimizer, scheduler, generator)
+        stopping.restore(doc.get("early_stopping"), tensors)
         epoch, global_step, history, wall = doc["epoch"], doc["step"], doc.get("history", []), doc["wall_time_s"]
         echo(f"resumed from {workdir} after epoch {epoch} (step {global_step})")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -766,9 +767,6 @@ def train(method: TrainingMethod, cfg: TrainConfig, echo: Callable[[str], None] 
     x_val = loader.load(split.val)
     y_val = split.label_tensor(split.val)
     val: dict[str, float] | None = history[-1]["val"] if history else None
-    stopping = EarlyStopping(cfg.patience, method.score)
-    if doc is not None:
-        stopping.restore(doc.get("early_stopping"), workdir)
     steps_now = 0
     stop = stopping.should_stop()
     while epoch < cfg.epochs and not stop:

@@ -142,6 +142,15 @@ class LatticeAdapter(nn.Module):
 
     def forward(self, x: Tensor, taps: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The raw attention map (B, 1, g, g) before the sigmoid, and the ALA logits (B, C)."""
+        h_l = self.features(x, taps)
+        return self.f1(h_l), self.f2(h_l).mean(dim=(2, 3))
+
+    def attention(self, x: Tensor, taps: list[Tensor]) -> Tensor:
+        """The raw attention map only (inference: the ALA logits of f2 are not needed)."""
+        return self.f1(self.features(x, taps))
+
+    def features(self, x: Tensor, taps: list[Tensor]) -> Tensor:
+        """The former part's output h_l (B, d, g, g)."""
         t = self.patch_embed(x)
         b, d, gh, gw = t.shape
         t = t.flatten(2).transpose(1, 2) + self.pos_embed
@@ -149,8 +158,7 @@ class LatticeAdapter(nn.Module):
             if i < len(taps):
                 t = t + self.tap_proj[i](taps[i]).flatten(2).transpose(1, 2)
             t = layer(t)
-        h_l = self.norm(t).transpose(1, 2).reshape(b, d, gh, gw)
-        return self.f1(h_l), self.f2(h_l).mean(dim=(2, 3))
+        return self.norm(t).transpose(1, 2).reshape(b, d, gh, gw)
 
 
 class PerceptionBranch(nn.Module):
@@ -333,8 +341,7 @@ class ALA(Explainer):
     def forward(self, backbone: nn.Module, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Perception-branch logits and alpha, min-max scaled per image (B, g, g); ``target`` does not change alpha."""
         lattice, h_k = self.encode(backbone, x)
-        raw, _ = self.ala(x, lattice)
-        alpha = torch.sigmoid(raw)
+        alpha = torch.sigmoid(self.ala.attention(x, lattice))
         logits = self.pb(alpha * h_k)
         # The map is class-agnostic; the target input stays in the graph (a zero-weight term) so every method's
         # exported graph has the same inputs.

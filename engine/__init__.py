@@ -11,7 +11,9 @@ from .errors import (
     EngineError,
     ImageDecodeError,
     InputError,
+    RandomWeightsWarning,
     UnsupportedModelError,
+    WeightsUnavailableError,
 )
 from .explanation import Explanation
 
@@ -24,7 +26,9 @@ __all__ = [
     "Explanation",
     "ImageDecodeError",
     "InputError",
+    "RandomWeightsWarning",
     "UnsupportedModelError",
+    "WeightsUnavailableError",
     "load",
     "load_artifact",
 ]

@@ -9,7 +9,8 @@ torchvision registers at import time (``nms`` and ``qnms``) lets the import succ
 (nms, roi_align, ...) and ``torchvision.io`` stay unavailable, which is why images are decoded with Pillow.
 
 The schemas are defined only when they are missing, so an installation where torch and torchvision match is untouched.
-Every module of the engine that imports timm, open_clip or torchvision calls :func:`ensure_torchvision` first.
+Every module of the engine that imports timm, open_clip or torchvision calls :func:`ensure_torchvision` first. Code
+outside the engine calls the public :func:`engine.compat.ensure_torchvision` (the same function).
 """
 
 from __future__ import annotations

@@ -25,3 +25,13 @@ class BackendUnavailableError(EngineError, ImportError):
 
 class UnsupportedModelError(EngineError, ValueError):
     """A backbone or explainer cannot be built for the model that was asked for."""
+
+
+class WeightsUnavailableError(EngineError):
+    """A backbone's pretrained weights could not be fetched (offline, blocked, or not in the local cache); the message
+    names the ways out (a local weights file, random weights for a smoke test, or an offline cache)."""
+
+
+class RandomWeightsWarning(UserWarning):
+    """An artifact's classifier has random weights (made with ``source="random"``): its classes and scores mean
+    nothing. Fine for smoke tests, wrong for explaining real images."""

@@ -47,3 +47,12 @@ def test_shim_defines_nothing_when_the_ops_exist():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_public_call_makes_torchvision_and_timm_importable():
+    """engine.compat.ensure_torchvision is the documented public fix for code of one's own in the same environment."""
+    import engine.compat
+
+    assert engine.compat.ensure_torchvision.__module__ == "engine._compat" and "nms" in engine.compat.__doc__
+    result = _run("import engine.compat; engine.compat.ensure_torchvision(); import torchvision, timm")
+    assert result.returncode == 0, result.stderr[-2000:]

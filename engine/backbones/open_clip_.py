@@ -11,6 +11,7 @@ tower is never saved in an artifact and never exported), plus open_clip's own ``
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, UnsupportedModelError
 from .base import BackboneAdapter, ViTParts, children_names, mha_self_attention, mha_weights, resample_patch_grid
+from .fetch import fetching, open_clip_source
 from .taps import last_children
 
 
@@ -192,8 +194,14 @@ def build_open_clip(name: str, num_classes: int, pretrained: str | None, kwargs:
     kwargs = dict(kwargs)
     normalize = bool(kwargs.pop("normalize", False))
     text_tower = bool(kwargs.pop("text_tower", False))
+    guard = (
+        fetching(f"open_clip/{name}", lambda: open_clip_source(name, pretrained, kwargs))
+        if pretrained
+        else contextlib.nullcontext()
+    )
     try:
-        clip = open_clip.create_model(name, pretrained=pretrained, **kwargs)
+        with guard:  # pretrained: fail fast offline, one clear message when the download fails
+            clip = open_clip.create_model(name, pretrained=pretrained, **kwargs)
     except RuntimeError as e:
         raise UnsupportedModelError(
             f"open_clip cannot build {name!r}: {e}. List names with open_clip.list_models()."

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
 from .base import AttentionWeights, BackboneAdapter, CNNHeadParts, ViTParts, children_names, resample_patch_grid
+from .fetch import fetching, timm_source
 from .taps import EFFICIENTNET_LITE_TAPS, RESNET_TAPS, last_children
 
 
@@ -206,8 +209,10 @@ def build_timm(name: str, num_classes: int, pretrained: bool, kwargs: dict) -> B
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
+    guard = fetching(f"timm/{name}", lambda: timm_source(name, kwargs)) if pretrained else contextlib.nullcontext()
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        with guard:  # pretrained: fail fast offline, one clear message when the download fails
+            model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except RuntimeError as e:  # timm raises RuntimeError for unknown names
         raise UnsupportedModelError(f"timm cannot build {name!r}: {e}. List names with timm.list_models().") from e
     if isinstance(model, VisionTransformer):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -15,6 +17,7 @@ from .base import (
     mha_weights,
     resample_patch_grid,
 )
+from .fetch import fetching, torchvision_source
 from .taps import RESNET_TAPS, last_children, last_maxpools
 
 
@@ -188,9 +191,12 @@ def build_torchvision(name: str, num_classes: int, pretrained: bool, kwargs: dic
         raise UnsupportedModelError(
             "fused=True describes BatchNorm-folded weights; pass them as a file (--weights), not weights='pretrained'."
         )
+    spec = f"torchvision/{name}"
+    guard = fetching(spec, lambda: torchvision_source(name)) if pretrained else contextlib.nullcontext()
     try:
         weights = "DEFAULT" if pretrained else None
-        model = torchvision.models.get_model(name, weights=weights, num_classes=num_classes, **kwargs)
+        with guard:  # pretrained: fail fast offline, one clear message when the download fails
+            model = torchvision.models.get_model(name, weights=weights, num_classes=num_classes, **kwargs)
     except (ValueError, KeyError) as e:
         raise UnsupportedModelError(
             f"torchvision cannot build {name!r}: {e}. List names with torchvision.models.list_models()."

@@ -16,12 +16,13 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import BackboneConfig, ExplainerConfig, PreprocessConfig
-from .errors import ArtifactError
+from .errors import ArtifactError, RandomWeightsWarning
 
 FORMAT = "xai-engine-artifact"
 FORMAT_VERSION = 1
@@ -98,6 +99,17 @@ class Artifact:
     @property
     def class_names(self) -> list[str]:
         return list(self.manifest.get("class_names") or [f"class_{i}" for i in range(self.backbone.num_classes)])
+
+    @property
+    def weights_source(self) -> str | None:
+        """Where the classifier's weights came from when the artifact was made (manifest key ``weights_source``):
+        ``pretrained``, ``package``, ``file`` or ``random``; None for an artifact that does not record it."""
+        return self.manifest.get("weights_source")
+
+    @property
+    def random_weights(self) -> bool:
+        """Whether the classifier's weights are random (``source="random"``): classes and scores mean nothing."""
+        return self.weights_source == "random"
 
     @property
     def precision(self) -> str:
@@ -240,7 +252,20 @@ def load_artifact(path: str | os.PathLike, *, verify: bool = True) -> Artifact:
                     f"{actual[:12]}...): the file was changed or damaged after export. Re-export the artifact, "
                     "or restore the original file."
                 )
+    if art.random_weights:
+        warn_random_weights(art)
     return art
+
+
+def warn_random_weights(art: Artifact, stacklevel: int = 3) -> None:
+    """Warn (:class:`~engine.errors.RandomWeightsWarning`) that ``art``'s classifier has random weights."""
+    warnings.warn(
+        f"artifact {art.path or art.name} has random weights (made with --source random / source='random'): its "
+        "classes and scores are meaningless, fit for smoke tests only. Re-create it with real weights "
+        "(--source pretrained or package, or --weights FILE) to explain real images.",
+        RandomWeightsWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def new_manifest(
@@ -250,8 +275,14 @@ def new_manifest(
     class_names: list[str] | None,
     *,
     name: str | None = None,
+    weights_source: str | None = None,
 ) -> dict[str, Any]:
-    """A manifest with no files yet; :func:`write_artifact` fills in files, io and versions."""
+    """A manifest with no files yet; :func:`write_artifact` fills in files, io and versions.
+
+    ``weights_source`` records where the classifier's weights came from (``pretrained``, ``package``, ``file`` or
+    ``random``); :func:`load_artifact` warns on every load of a ``random`` one.
+    """
+    extra = {"weights_source": weights_source} if weights_source else {}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -263,11 +294,34 @@ def new_manifest(
         "precision": "fp32",
         "files": {},
         "versions": {},
+        **extra,
     }
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, so that it is never changed, even briefly)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give ``folder`` mode ``0o777 & ~umask`` and its files ``0o666 & ~umask``, like every other output."""
+    mask = current_umask()
+    for child in folder.iterdir():
+        if child.is_file() and not child.is_symlink():
+            child.chmod(0o666 & ~mask)
+    folder.chmod(0o777 & ~mask)
 
 
 def write_artifact(manifest: dict[str, Any], out_dir: str | os.PathLike, files: dict[str, Path]) -> Artifact:
     """Write an artifact atomically: everything goes to a temporary sibling folder that is renamed at the end.
+
+    The folder gets mode ``0o777 & ~umask`` and its files ``0o666 & ~umask`` (not the temporary folder's 0o700).
 
     Args:
         manifest: the manifest; ``files`` and ``versions`` are (re)computed here.
@@ -297,6 +351,7 @@ def write_artifact(manifest: dict[str, Any], out_dir: str | os.PathLike, files: 
         manifest["versions"] = {k: v for k, v in versions.items() if v}
         manifest["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _apply_umask(tmp)  # mkdtemp made it 0o700; the artifact gets the modes of any other output
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -314,6 +369,9 @@ def write_artifact(manifest: dict[str, Any], out_dir: str | os.PathLike, files: 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 # the artifact that "default" (and Engine.load() without an artifact) opens; see the README's Evaluation section
 DEFAULT_BUILTIN = "reciprocam-efficientnet_lite0"
+# the same graph exported to ONNX (`xai-engine export default --format onnx --out engine/builtin/<this>`): what
+# "default" opens in an install without torch (the edge install), on ONNX Runtime or OpenVINO
+DEFAULT_EXPORTED_BUILTIN = "reciprocam-efficientnet_lite0-onnx"
 
 
 def builtin_names() -> list[str]:
@@ -322,7 +380,13 @@ def builtin_names() -> list[str]:
 
 
 def default_artifact_path() -> Path:
-    """The embedded default artifact shipped inside the package."""
+    """The embedded default artifact shipped inside the package: :data:`DEFAULT_BUILTIN` where torch is installed,
+    else its ONNX export :data:`DEFAULT_EXPORTED_BUILTIN` (which runs without torch)."""
+    from .requires import torch_available
+
+    exported = BUILTIN_DIR / DEFAULT_EXPORTED_BUILTIN
+    if not torch_available() and (exported / MANIFEST).is_file():
+        return exported
     return BUILTIN_DIR / DEFAULT_BUILTIN
 
 

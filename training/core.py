@@ -30,6 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.requires import require_torch
+
+require_torch("training an explainer (training.core)")  # before `import torch` below
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -854,9 +858,11 @@ def write_trained_artifact(
     from engine.state import save_tensors
 
     graph.eval()
+    source = "file" if cfg.weights is not None else bb_cfg.weights  # pretrained, package or random (warns on load)
     bb_cfg, embed = artifact_backbone(cfg, bb_cfg)
     class_names = method.class_names(cfg, split)
-    manifest = new_manifest(bb_cfg, ExplainerConfig(method.method, method.artifact_options(graph)), pre, class_names)
+    explainer = ExplainerConfig(method.method, method.artifact_options(graph))
+    manifest = new_manifest(bb_cfg, explainer, pre, class_names, weights_source=source)
     heldout = split.val_names()
     manifest["training"] = {
         "command": cfg.command if cfg.command is not None else " ".join(sys.argv),

@@ -23,6 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: the `training` package
 
+from engine.requires import require_torch_or_exit  # noqa: E402
+
+# one message and exit code 2 in an install without torch (training.* imports torch)
+require_torch_or_exit("training/train_ala.py", "training ALA")
+
 from training.ala import DEFAULT_LAMBDA, ALAConfig, train  # noqa: E402
 from training.cli import (  # noqa: E402
     add_backbone_arguments,

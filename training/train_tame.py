@@ -17,6 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: the `training` package
 
+from engine.requires import require_torch_or_exit  # noqa: E402
+
+# one message and exit code 2 in an install without torch (training.* imports torch)
+require_torch_or_exit("training/train_tame.py", "training T-TAME")
+
 from training.cli import (  # noqa: E402
     add_backbone_arguments,
     add_data_arguments,

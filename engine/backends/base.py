@@ -30,7 +30,8 @@ import numpy as np
 
 from ..artifact import ONNX, Artifact
 from ..errors import BackendUnavailableError, EngineError, InputError
-from .registry import BACKENDS, all_precisions
+from ..requires import TorchMissingError, require_torch, torch_message
+from .registry import BACKENDS, BackendSpec, all_precisions
 
 if TYPE_CHECKING:  # torch is imported when a tensor or a module is handled: `import engine` stays light
     import torch
@@ -53,6 +54,8 @@ def get_backend_class(name: str) -> type[Backend]:
     if name not in BACKENDS:
         raise EngineError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)} or 'auto'.")
     spec = BACKENDS[name]
+    if spec.package == "torch":
+        require_torch(f"backend {name!r}")  # the one torch message: the extra and the pin
     if not spec.available():
         raise BackendUnavailableError(f"backend {name!r} needs the {spec.package} package: pip install '{spec.extra}'")
     return spec.load_class()
@@ -62,7 +65,12 @@ def select_backend(artifact: Artifact, requested: str = "auto") -> str:
     """The backend to run ``artifact`` on.
 
     ``auto`` tries the backends in their registry order (``auto_rank``: OpenVINO, then ONNX Runtime, then torch) and
-    takes the first whose runtime is installed and which can run a file the artifact has (torch needs none).
+    takes the first whose runtime is installed and which can run a file the artifact has (torch needs none). Without
+    torch (the edge install) it never picks torch.
+
+    Raises:
+        BackendUnavailableError: no installed backend can run the artifact (the message says what to install or
+            export).
     """
     if requested != "auto":
         get_backend_class(requested)  # raises with the install hint
@@ -71,7 +79,23 @@ def select_backend(artifact: Artifact, requested: str = "auto") -> str:
     for spec in ranked:
         if (not spec.reads or any(artifact.has(f) for f in spec.reads)) and spec.available():
             return spec.name
-    return "torch"
+    raise _no_backend_error(artifact, ranked)
+
+
+def _no_backend_error(artifact: Artifact, ranked: list[BackendSpec]) -> BackendUnavailableError:
+    """Why ``auto`` found no backend for ``artifact``, and what to install (or export) instead."""
+    where = artifact.path or artifact.name
+    runnable = [s for s in ranked if s.reads and any(artifact.has(f) for f in s.reads)]
+    if runnable:  # an exported graph is there, its runtimes are not
+        extras = " or ".join(f"pip install '{s.extra}'" for s in runnable)
+        return BackendUnavailableError(
+            f"artifact {where} holds an exported graph but no runtime for it is installed: {extras}."
+        )
+    files = sorted({f for s in ranked for f in s.reads})
+    return TorchMissingError(
+        torch_message(f"artifact {where} has no exported graph ({', '.join(files)}), so running it")
+        + f" Or export it where torch is installed (xai-engine export {where} --format onnx --out DIR) and run that."
+    )
 
 
 def open_backend(name: str, source: Any, **kwargs: Any) -> Backend:

@@ -1,7 +1,10 @@
-"""A picture to compare methods: one row per photo, one column per artifact (overlay + predicted class).
+"""A picture to compare methods: one row per photo, one column per artifact and resize mode (overlay + predicted
+class).
 
     python benchmarks/overlays.py --artifact reciprocam-efficientnet_lite0 --artifact tame-efficientnet_lite0 \
         --images examples/ --out docs/tame_vs_reciprocam.jpg
+    python benchmarks/overlays.py --artifact default --resize-mode crop --resize-mode letterbox \
+        --images examples/ --out docs/examples_overlay.jpg
 """
 
 from __future__ import annotations
@@ -33,18 +36,28 @@ def collect(paths: list[str]) -> list[Path]:
     return out
 
 
-def grid(artifacts: list[str], images: list[Path], tile: int = 224, backend: str = "torch") -> Image.Image:
-    """Overlays of every image (rows) by every artifact (columns), each tile captioned with method and class."""
+def grid(
+    artifacts: list[str],
+    images: list[Path],
+    tile: int = 224,
+    backend: str = "torch",
+    modes: tuple[str, ...] = ("letterbox",),
+) -> Image.Image:
+    """Overlays of every image (rows) by every artifact and resize mode (columns), each tile captioned with method
+    (and mode, when there are several) and class; photos keep their aspect ratio inside the tile."""
     label_h = 18
-    sheet = Image.new("RGB", (tile * len(artifacts), (tile + label_h) * len(images)), "white")
+    columns = [(name, mode) for name in artifacts for mode in modes]
+    sheet = Image.new("RGB", (tile * len(columns), (tile + label_h) * len(images)), "white")
     draw = ImageDraw.Draw(sheet)
-    for col, name in enumerate(artifacts):
-        engine = Engine.load(name, backend=backend)
+    for col, (name, mode) in enumerate(columns):
+        engine = Engine.load(name, backend=backend, resize_mode=mode)
         for row, exp in enumerate(engine.explain(images)):
-            ov = exp.overlay().resize((tile, tile), Image.BILINEAR)
+            ov = exp.overlay()
+            ov.thumbnail((tile, tile), Image.Resampling.BILINEAR)
             x, y = col * tile, row * (tile + label_h)
-            sheet.paste(ov, (x, y + label_h))
-            draw.text((x + 3, y + 3), f"{exp.method}: {exp.class_name} {exp.score:.2f}"[:38], fill="black")
+            sheet.paste(ov, (x + (tile - ov.width) // 2, y + label_h + (tile - ov.height) // 2))
+            caption = f"{exp.method}{f' ({mode})' if len(modes) > 1 else ''}: {exp.class_name} {exp.score:.2f}"
+            draw.text((x + 3, y + 3), caption[: int(tile / 5.6)], fill="black")
     return sheet
 
 
@@ -54,10 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
     p.add_argument("--tile", type=int, default=224, help="tile side in pixels")
     p.add_argument("--backend", default="torch")
+    p.add_argument(
+        "--resize-mode",
+        action="append",
+        choices=["letterbox", "squash", "crop", "artifact"],
+        help="how photos become network inputs (repeatable: one column each; default letterbox)",
+    )
     p.add_argument("--out", required=True, help="output image (.jpg or .png)")
     args = p.parse_args(argv)
     try:
-        sheet = grid(args.artifact, collect(args.images), args.tile, args.backend)
+        modes = tuple(args.resize_mode or ["letterbox"])
+        sheet = grid(args.artifact, collect(args.images), args.tile, args.backend, modes)
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from engine import Engine  # noqa: E402
 from engine.artifact import load_artifact, resolve_artifact_path  # noqa: E402
 from engine.backends import open_backend  # noqa: E402
+from engine.config import RESIZE_MODES  # noqa: E402
 from engine.data import image_name, open_dataset  # noqa: E402
 from engine.errors import EngineError  # noqa: E402
 from engine.fileio import atomic_write, atomic_write_text  # noqa: E402
@@ -70,7 +72,16 @@ class Subject:
     same file RISE reads).
     """
 
-    def __init__(self, artifact: str, backend: str, samples, batch_size: int, model_backend: str, out_dir: Path):
+    def __init__(
+        self,
+        artifact: str,
+        backend: str,
+        samples,
+        batch_size: int,
+        model_backend: str,
+        out_dir: Path,
+        resize_mode: str = "artifact",
+    ):
         art = load_artifact(artifact)  # a folder, "default" or a built-in name
         self.art = art
         self.name = art.backbone.spec
@@ -80,6 +91,9 @@ class Subject:
         graph = self.engine.backend.graph if self.engine.backend_name == "torch" else graph_from_artifact(art)
         self.adapter = graph.backbone.eval()
         pre = art.preprocess
+        if resize_mode != "artifact":  # the metrics then perturb the whole (letterboxed / squashed) photo
+            pre = dataclasses.replace(pre, resize_mode=resize_mode)
+        self.resize_mode = pre.resize_mode
         self.mean, self.std = np.array(pre.mean, np.float32), np.array(pre.std, np.float32)
         x, _ = Preprocessor(pre)([s.image() for s in samples])
         self.x = x  # normalised (N, 3, H, W)
@@ -190,7 +204,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     jobs = [tuple(m.split(":", 1)) if ":" in m else (m, "default") for m in args.metrics.split(",") if m]
     rows: list[dict[str, Any]] = []
     for artifact in args.artifact:
-        subject = Subject(artifact, args.backend, samples, args.batch_size, args.model_backend, out)
+        subject = Subject(
+            artifact, args.backend, samples, args.batch_size, args.model_backend, out, resize_mode=args.resize_mode
+        )
         methods = [subject.method, *args.baseline]
         log(f"{subject.name}: {len(samples)} images, methods {methods}, jobs {jobs}")
         explainers = {m: subject.explainer(m, out, args.rise_masks) for m in methods}
@@ -232,6 +248,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         # the metric's model calls: the classifier's backend
                         r["precision"] = subject.precision.get(method, "fp32")
                         params = {**json.loads(r["params"]), "model_backend": args.model_backend}
+                        params["resize_mode"] = subject.resize_mode
                         params["model_precision"] = subject.precision["model"]
                         r["params"] = json.dumps(params, sort_keys=True)
                         new.append(r)
@@ -311,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         default="openvino" if importlib.util.find_spec("openvino") else "torch",
         choices=["openvino", "torch"],
         help="runtime of the model callable the metrics query (fp32)",
+    )
+    p.add_argument(
+        "--resize-mode",
+        default="artifact",
+        choices=["artifact", *RESIZE_MODES],
+        help="how photos become network inputs (default: the artifact's own preprocess.resize_mode)",
     )
     p.add_argument("--rise-masks", type=int, default=2000)
     p.add_argument("--maps-only", action="store_true", help="compute and cache the saliency maps, then stop")

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 import time
 from collections.abc import Sequence
@@ -18,10 +20,16 @@ import numpy as np
 
 from .artifact import Artifact, default_artifact_path, load_artifact
 from .backends import Backend, get_backend_class, select_backend
-from .errors import InputError
-from .explanation import Explanation
+from .config import RESIZE_MODES
+from .errors import EngineError, InputError
+from .explanation import Explanation, FailedExplanation
 from .numeric import softmax
-from .preprocess import DEFAULT_MAX_PIXELS, Preprocessor, load_image, saliency_to_image
+from .preprocess import DEFAULT_MAX_PIXELS, SOURCE_SIZE_KEY, Preprocessor, load_image, saliency_to_image
+
+EXPLAIN_RESIZE_MODE = "letterbox"
+"""How :class:`Engine` feeds a photo to the network unless told otherwise: the whole photo, padded to the input's
+shape, so that the map covers all of it (``"crop"``, the classifiers' evaluation transform, shows the network only
+the centre; see the README's "Whole photo or centre crop" table)."""
 
 
 def _is_batch(images: Any) -> bool:
@@ -32,13 +40,27 @@ class Engine:
     """One artifact opened on one backend. Thread-compatible, not thread-safe: use one Engine per thread."""
 
     def __init__(
-        self, artifact: Artifact, backend: Backend, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, batch_size: int = 8
+        self,
+        artifact: Artifact,
+        backend: Backend,
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        batch_size: int = 8,
+        resize_mode: str | None = EXPLAIN_RESIZE_MODE,
     ):
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}.")
+        if resize_mode not in (None, "artifact", *RESIZE_MODES):
+            raise InputError(
+                f"resize_mode must be one of {', '.join(RESIZE_MODES)} or 'artifact' (the artifact's own, "
+                f"{artifact.preprocess.resize_mode!r}), got {resize_mode!r}."
+            )
         self.artifact = artifact
         self.backend = backend
-        self.preprocessor = Preprocessor(artifact.preprocess)
+        pre = artifact.preprocess
+        if resize_mode not in (None, "artifact"):
+            pre = dataclasses.replace(pre, resize_mode=resize_mode)
+        self.preprocessor = Preprocessor(pre)
         self.class_names = artifact.class_names
         self.max_pixels = max_pixels
         self.batch_size = batch_size
@@ -55,11 +77,13 @@ class Engine:
         allow_version_mismatch: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         batch_size: int = 8,
+        resize_mode: str | None = EXPLAIN_RESIZE_MODE,
     ) -> Engine:
         """Open an artifact.
 
         Args:
-            artifact: an artifact folder, a loaded :class:`Artifact`, or None for the embedded default.
+            artifact: an artifact folder, a loaded :class:`Artifact`, or None for the embedded default (without
+                torch, the edge install: its ONNX export, ``reciprocam-efficientnet_lite0-onnx``).
             backend: ``torch``, ``onnxruntime``, ``openvino`` or ``auto`` (the fastest the artifact and the
                 installed packages allow: OpenVINO, then ONNX Runtime, then torch).
             device: ``auto``, ``cpu`` or ``cuda``.
@@ -69,6 +93,10 @@ class Engine:
             allow_version_mismatch: accept an artifact made with other library versions.
             max_pixels: largest image (width x height) to decode; None for no limit.
             batch_size: images per backend call in :meth:`explain` on a list.
+            resize_mode: how a photo becomes the network input: ``"letterbox"`` (the default: the whole photo,
+                undistorted, padded with the mean colour; the map covers the whole photo), ``"squash"`` (the whole
+                photo, stretched), ``"crop"`` (the classifier's centre crop; the map is 0 outside it), or
+                ``"artifact"``/None (the artifact's own ``preprocess.resize_mode``).
         """
         if artifact is None:
             artifact = default_artifact_path()
@@ -81,78 +109,148 @@ class Engine:
             threads=threads,
             allow_version_mismatch=allow_version_mismatch,
         )
-        return cls(art, runner, max_pixels=max_pixels, batch_size=batch_size)
+        return cls(art, runner, max_pixels=max_pixels, batch_size=batch_size, resize_mode=resize_mode)
 
     @property
     def backend_name(self) -> str:
         return self.backend.name
 
     def explain(
-        self, images: Any, target: int | Sequence[int] | None = None, *, top_k: int = 5, keep_image: bool = True
-    ) -> Explanation | list[Explanation]:
+        self,
+        images: Any,
+        target: int | str | Sequence[int | str | None] | None = None,
+        *,
+        top_k: int = 5,
+        keep_image: bool = True,
+        on_error: str = "raise",
+    ) -> Explanation | FailedExplanation | list[Explanation | FailedExplanation]:
         """Classify and explain one image, or a list of images (batched).
 
         Args:
             images: a path, bytes, PIL image or HxWx3 uint8 array, or a list of these.
-            target: the class to explain (default: the predicted one); one int for all images or one per image.
+            target: the class to explain (default: the predicted one): a class id or a class name (matched without
+                regard to case, e.g. ``"golden retriever"``); one for all images, or a list with one per image.
             top_k: how many classes to report in ``Explanation.topk``.
             keep_image: keep the decoded image on the Explanation (needed by ``overlay()``).
+            on_error: ``"raise"`` (default) raises on the first image that cannot be read; ``"skip"`` puts a
+                :class:`FailedExplanation` (its source and the error message) in that image's place and explains the
+                others, as the CLI does.
 
         Returns:
-            One :class:`Explanation`, or a list for a list input.
+            One :class:`Explanation` (or :class:`FailedExplanation`), or a list of them for a list input, in input
+            order.
         """
         if _is_batch(images):
-            return self.explain_batch(list(images), target, top_k=top_k, keep_image=keep_image)
-        if target is not None and not isinstance(target, (int, np.integer)):
-            raise InputError("for one image, target must be one int (or None for the predicted class).")
-        return self.explain_batch(
-            [images], None if target is None else [int(target)], top_k=top_k, keep_image=keep_image
-        )[0]
+            return self.explain_batch(list(images), target, top_k=top_k, keep_image=keep_image, on_error=on_error)
+        if target is not None and not isinstance(target, (int, np.integer, str)):
+            raise InputError("for one image, target must be one class id or name (or None for the predicted class).")
+        return self.explain_batch([images], [target], top_k=top_k, keep_image=keep_image, on_error=on_error)[0]
 
     def explain_batch(
         self,
         images: Sequence[Any],
-        targets: int | Sequence[int] | None = None,
+        targets: int | str | Sequence[int | str | None] | None = None,
         *,
         top_k: int = 5,
         keep_image: bool = True,
-    ) -> list[Explanation]:
-        """Explain a list of images, ``batch_size`` at a time. Raises on the first image that cannot be read."""
+        on_error: str = "raise",
+    ) -> list[Explanation | FailedExplanation]:
+        """Explain a list of images, ``batch_size`` at a time. See :meth:`explain` for the arguments."""
+        if on_error not in ("raise", "skip"):
+            raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
         if len(images) == 0:
             return []
-        if targets is None:
-            targets = [-1] * len(images)
-        elif isinstance(targets, (int, np.integer)):
-            targets = [int(targets)] * len(images)
+        if targets is None or isinstance(targets, (int, np.integer, str)):
+            targets = [targets] * len(images)
         elif len(targets) != len(images):
             raise InputError(f"{len(targets)} targets were given for {len(images)} images; give one per image.")
-        out: list[Explanation] = []
+        ids = [self.resolve_target(t) for t in targets]  # every name checked before any work
+        out: list[Explanation | FailedExplanation] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            t0 = time.perf_counter()
-            decoded = [load_image(img, max_pixels=self.max_pixels) for img in chunk]
-            t1 = time.perf_counter()
-            out.extend(
-                self._explain_decoded(
-                    decoded,
-                    targets[start : start + len(chunk)],
+            decoded, failed, decode_ms = [], [], []
+            for i, img in enumerate(chunk):
+                t0 = time.perf_counter()
+                try:
+                    decoded.append((i, load_image(img, max_pixels=self.max_pixels, draft=self._draft_size)))
+                except EngineError as e:
+                    if on_error == "raise":
+                        raise
+                    failed.append((i, FailedExplanation(source=_source_name(img), error=str(e), kind=type(e).__name__)))
+                    continue
+                decode_ms.append((time.perf_counter() - t0) * 1e3)
+            results: list[Any] = [None] * len(chunk)
+            for i, failure in failed:
+                results[i] = failure
+            if decoded:
+                done = self._explain_decoded(
+                    [img for _, img in decoded],
+                    [ids[start + i] for i, _ in decoded],
                     top_k,
                     keep_image,
-                    sources=[_source_name(i) for i in chunk],
-                    decode_ms=(t1 - t0) * 1e3,
+                    sources=[_source_name(chunk[i]) for i, _ in decoded],
+                    decode_ms=decode_ms,
                 )
-            )
+                for (i, _), exp in zip(decoded, done, strict=True):
+                    results[i] = exp
+            out.extend(results)
         return out
 
+    def resolve_target(self, target: int | str | None) -> int:
+        """A class id, a class name (case-insensitive) or None -> the class id the graph takes (-1: the predicted one).
+
+        Raises:
+            InputError: the name matches no class (the message suggests close names), or the value is neither.
+        """
+        if target is None:
+            return -1
+        if isinstance(target, (bool, np.bool_)):
+            raise InputError(f"target must be a class id or a class name, got {target!r}.")
+        if isinstance(target, (int, np.integer)):
+            return int(target)
+        if not isinstance(target, str):
+            raise InputError(f"target must be a class id, a class name or None, got a {type(target).__name__}.")
+        text = target.strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        lowered = {}
+        for i, name in enumerate(self.class_names):
+            lowered.setdefault(name.lower(), i)
+        if text.lower() in lowered:
+            return lowered[text.lower()]
+        close = difflib.get_close_matches(text.lower(), list(lowered), n=5, cutoff=0.6)
+        hint = f" Close names: {', '.join(repr(self.class_names[lowered[c]]) for c in close)}." if close else ""
+        raise InputError(
+            f"target {target!r} is not a class name of artifact {self.artifact.name!r} ({len(self.class_names)} "
+            f"classes).{hint} List them with: xai-engine info {self._artifact_ref()} --classes"
+        )
+
+    def _artifact_ref(self) -> str:
+        path = getattr(self.artifact, "path", None)
+        return str(path) if path is not None else self.artifact.name
+
+    @property
+    def _draft_size(self) -> tuple[int, int]:
+        """The decoded size a JPEG needs at least (twice the network input): larger JPEGs decode reduced."""
+        height, width = self.preprocessor.config.input_size
+        return 2 * width, 2 * height
+
     def _explain_decoded(self, decoded, targets, top_k, keep_image, sources, decode_ms) -> list[Explanation]:
-        t1 = time.perf_counter()
-        batch, metas = self.preprocessor(decoded)
-        t2 = time.perf_counter()
+        batch_parts, metas, pre_ms = [], [], []
+        for image in decoded:
+            t0 = time.perf_counter()
+            x, (meta,) = self.preprocessor([image])
+            pre_ms.append((time.perf_counter() - t0) * 1e3)
+            batch_parts.append(x)
+            metas.append(meta)
+        batch = np.concatenate(batch_parts) if len(batch_parts) > 1 else batch_parts[0]
+        t0 = time.perf_counter()
         logits, lowres = self.backend.infer(batch, np.asarray(targets, dtype=np.int64))
-        t3 = time.perf_counter()
+        infer_ms = (time.perf_counter() - t0) * 1e3
         probs = softmax(logits)
         results = []
         for i, meta in enumerate(metas):
+            t0 = time.perf_counter()
             order = np.argsort(-probs[i])[: max(1, top_k)]
             cid = int(order[0])
             target = int(targets[i]) if targets[i] >= 0 else cid
@@ -173,19 +271,19 @@ class Engine:
                     source=sources[i],
                     crop_box=meta.crop_box,
                     precision=self.backend.effective_precision,
+                    resize_mode=meta.resize_mode,
+                    target_name=self._name(target),
+                    target_score=float(probs[i, target]) if 0 <= target < probs.shape[1] else float("nan"),
+                    source_size=decoded[i].info.get(SOURCE_SIZE_KEY, decoded[i].size),
                 )
             )
-        t4 = time.perf_counter()
-        n = len(results)
-        for r in results:
-            r.timings = {
-                "decode_ms": decode_ms / n,
-                "preprocess_ms": (t2 - t1) * 1e3 / n,
-                "infer_ms": (t3 - t2) * 1e3 / n,
-                "postprocess_ms": (t4 - t3) * 1e3 / n,
-                "batch_size": n,
+            results[-1].timings = {
+                "decode_ms": decode_ms[i],
+                "preprocess_ms": pre_ms[i],
+                "postprocess_ms": (time.perf_counter() - t0) * 1e3,
+                "batch_infer_ms": infer_ms,
+                "batch_size": len(metas),
             }
-            r.timings["total_ms"] = sum(v for k, v in r.timings.items() if k.endswith("_ms"))
         return results
 
     def _name(self, cid: int) -> str:

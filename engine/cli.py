@@ -3,27 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import EngineError
 from .preprocess.decode import IMAGE_SUFFIXES as IMAGE_SUFFIXES
-from .preprocess.decode import list_image_files
+from .preprocess.decode import is_image_file
 
 
-def expand_images(paths: list[str]) -> list[Path]:
-    """Files as given; folders expanded to their image files (``IMAGE_SUFFIXES``, not hidden; sorted, not recursive)."""
+def expand_images(paths: list[str], recursive: bool = False) -> tuple[list[Path], int]:
+    """Files as given; folders expanded to their image files (``IMAGE_SUFFIXES``, not hidden; sorted), recursively
+    with ``recursive``.
+
+    Returns:
+        ``(images, ignored)``: the image paths, and how many other files the folders held (not images by suffix, or
+        hidden).
+
+    Raises:
+        EngineError: a path that does not exist and names no image file (a missing folder).
+    """
     out: list[Path] = []
+    ignored = 0
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(list_image_files(p))
+            files = sorted(f for f in (p.rglob("*") if recursive else p.iterdir()) if f.is_file())
+            images = [f for f in files if is_image_file(f)]
+            ignored += len(files) - len(images)
+            out.extend(images)
+        elif not p.exists() and (not p.suffix or str(p).endswith(("/", os.sep))):
+            raise EngineError(f"Folder not found: {p}. Check the path (relative paths start at {Path.cwd()}).")
         else:
-            out.append(p)
-    return out
+            out.append(p)  # a file, or a missing image file: reported per image, the others still run
+    return out, ignored
 
 
 def _unique_stems(paths: list[Path]) -> list[str]:
@@ -37,22 +55,23 @@ def _unique_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
-def _parse_target(value: str | None, class_names: list[str]) -> int | None:
-    if value is None:
-        return None
-    if value.lstrip("-").isdigit():
-        return int(value)
-    if value in class_names:
-        return class_names.index(value)
-    raise EngineError(f"--target {value!r} is neither a class id nor a class name of this artifact.")
+def _check_out_dir(out: Path, flag: str = "--out") -> None:
+    if out.exists() and not out.is_dir():
+        raise EngineError(f"{flag} {out} is an existing file, not a folder. Give a folder path (it is created).")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .api import Engine
-    from .preprocess import load_image
 
+    out = Path(args.out)
+    _check_out_dir(out)
+    images, ignored = expand_images(args.images, recursive=args.recursive)
+    if not images:
+        where = "or in their subfolders " if args.recursive else ""
+        more = "" if args.recursive else " Add --recursive to look into subfolders."
+        raise EngineError(f"no images found in {args.images} {where}(files with {sorted(IMAGE_SUFFIXES)}).{more}")
     engine = Engine.load(
         args.artifact,
         args.backend,
@@ -62,53 +81,48 @@ def cmd_explain(args: argparse.Namespace) -> int:
         allow_version_mismatch=args.allow_version_mismatch,
         max_pixels=args.max_pixels if args.max_pixels > 0 else None,
         batch_size=args.batch_size,
+        resize_mode=args.resize_mode,
     )
-    target = _parse_target(args.target, engine.class_names)
-    images = expand_images(args.images)
-    if not images:
-        raise EngineError(f"no images found in {args.images}; give image files or folders holding images.")
-    out = Path(args.out)
+    target = engine.resolve_target(args.target)  # a name is checked before any work
+    if ignored and not args.quiet:
+        print(
+            f"ignoring {ignored} file(s) in the folders that are not images ({', '.join(sorted(IMAGE_SUFFIXES))})",
+            file=sys.stderr,
+        )
     out.mkdir(parents=True, exist_ok=True)
     stems = _unique_stems(images)
     results_tmp = out / ".results.jsonl.tmp"
     done = failed = 0
-    pending: list[tuple[Path, str, Any]] = []
-
-    def flush(fh) -> None:
-        nonlocal done
-        if not pending:
-            return
-        exps = engine.explain_batch([img for _, _, img in pending], target, top_k=args.top_k)
-        for (path, stem, _), exp in zip(pending, exps, strict=True):
-            exp.source = str(path)
-            files = exp.save(out, stem) if not args.no_images else {}
-            if args.colormap != "jet" or args.alpha != 0.5:
-                exp.overlay(alpha=args.alpha, colormap=args.colormap).save(out / f"{stem}.png")
-            record = exp.to_dict() | {"files": {k: Path(v).name for k, v in files.items()}}
-            fh.write(json.dumps(record) + "\n")
-            done += 1
-        pending.clear()
-
+    custom_look = args.colormap != "jet" or args.alpha != 0.5
     with open(results_tmp, "w", encoding="utf-8") as fh:
         bar = tqdm(total=len(images), unit="img", disable=len(images) < 2 or args.quiet, file=sys.stderr)
         try:
-            for path, stem in zip(images, stems, strict=True):
-                try:
-                    pending.append((path, stem, load_image(path, max_pixels=engine.max_pixels)))
-                except EngineError as e:
-                    failed += 1
-                    bar.write(f"skipped {path}: {e}", file=sys.stderr)
-                    fh.write(json.dumps({"source": str(path), "error": str(e)}) + "\n")
-                if len(pending) >= engine.batch_size:
-                    flush(fh)
-                bar.update(1)
-            flush(fh)
+            for start in range(0, len(images), engine.batch_size):
+                paths = images[start : start + engine.batch_size]
+                results = engine.explain_batch(
+                    paths, target, top_k=args.top_k, keep_image=not args.no_images, on_error="skip"
+                )
+                for path, stem, res in zip(paths, stems[start:], results, strict=False):
+                    if not res.ok:
+                        failed += 1
+                        bar.write(f"skipped {path}: {res.error}", file=sys.stderr)
+                        fh.write(json.dumps(res.to_dict()) + "\n")
+                        continue
+                    res.source = str(path)
+                    files = res.save(out, stem) if not args.no_images else {}
+                    if custom_look and not args.no_images:
+                        res.overlay(alpha=args.alpha, colormap=args.colormap).save(out / f"{stem}.png")
+                    record = res.to_dict() | {"files": {k: Path(v).name for k, v in files.items()}}
+                    fh.write(json.dumps(record) + "\n")
+                    done += 1
+                bar.update(len(paths))
         finally:
             bar.close()
             fh.flush()
             os.replace(results_tmp, out / "results.jsonl")
     if not args.quiet:
-        print(f"explained {done} image(s), skipped {failed}, with {engine!r} -> {out}", file=sys.stderr)
+        extra = f", ignored {ignored} non-image file(s)" if ignored else ""
+        print(f"explained {done} image(s), skipped {failed}{extra}, with {engine!r} -> {out}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -127,6 +141,10 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    from .requires import require_torch
+
+    _check_out_dir(Path(args.out))
+    require_torch("xai-engine create")
     from .create import create_artifact, read_class_names
 
     art = create_artifact(
@@ -148,6 +166,10 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .requires import require_torch
+
+    _check_out_dir(Path(args.out))
+    require_torch("xai-engine export")
     from .create import resolve_ckpt
     from .export import export_artifact
 
@@ -159,14 +181,96 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .artifact import default_artifact_path, load_artifact
+    from .artifact import default_artifact_path, load_artifact, resolve_artifact_path
     from .backends import BACKENDS, backend_available
 
-    art = load_artifact(args.artifact or default_artifact_path())
+    art = load_artifact(resolve_artifact_path(args.artifact) if args.artifact else default_artifact_path())
+    if args.classes:
+        for i, name in enumerate(art.class_names):
+            print(f"{i}\t{name}")
+        return 0
     keys = ("name", "backbone", "explainer", "preprocess", "precision", "files", "versions")
     summary = {k: art.manifest.get(k) for k in keys}
+    summary["num_classes"] = len(art.class_names)
     summary["backends_installed"] = {name: backend_available(name) for name in BACKENDS}
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def inventory() -> dict[str, Any]:
+    """What ``xai-engine list`` shows: built-in artifacts, methods, backbone libraries, backends; what is installed."""
+    import importlib.metadata
+    import importlib.util
+
+    from .artifact import BUILTIN_DIR, MANIFEST, builtin_names, default_artifact_path
+    from .backends import BACKENDS, backend_available
+    from .config import WEIGHT_PACKAGES
+
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    default = default_artifact_path().name
+    builtins = []
+    for name in builtin_names():
+        m = json.loads((BUILTIN_DIR / name / MANIFEST).read_text(encoding="utf-8"))
+        files = sorted(m.get("files", {}))
+        builtins.append(
+            {
+                "name": name,
+                "default": name == default,
+                "method": m["explainer"]["method"],
+                "backbone": f"{m['backbone']['library']}/{m['backbone']['name']}",
+                "files": files,
+            }
+        )
+    has_torch = importlib.util.find_spec("torch") is not None
+    if has_torch:
+        from .explainers import list_explainers
+
+        methods: list[str] | str = list_explainers()
+    else:
+        methods = 'not listed: creating artifacts needs torch (pip install "xai-engine[torch]" torch==2.13.0)'
+    libraries = {"timm": "timm", "torchvision": "torchvision", "open_clip": "open_clip_torch"}
+    backbones = {lib: {"installed": version(dist)} for lib, dist in libraries.items()}
+    packages = {name: version(module.replace("_", "-")) for name, (module, _) in WEIGHT_PACKAGES.items()}
+    backends = {
+        name: {"installed": backend_available(name), "package": spec.package, "install": spec.extra}
+        for name, spec in BACKENDS.items()
+    }
+    return {
+        "builtin_artifacts": builtins,
+        "methods": methods,
+        "backbone_libraries": backbones,
+        "weight_packages": packages,
+        "backends": backends,
+        "torch": version("torch"),
+    }
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    data = inventory()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print("built-in artifacts (--artifact NAME):")
+    for b in data["builtin_artifacts"]:
+        mark = " (default)" if b["default"] else ""
+        print(f"  {b['name']}{mark}: {b['method']} on {b['backbone']}; files {', '.join(b['files']) or '-'}")
+    methods = data["methods"]
+    print("methods (create --method):", ", ".join(methods) if isinstance(methods, list) else methods)
+    print("backbone libraries (create --backbone LIBRARY/NAME):")
+    for lib, info in data["backbone_libraries"].items():
+        print(f"  {lib}: {info['installed'] or 'not installed'}")
+    print("weight packages (create --source package):")
+    for name, ver in data["weight_packages"].items():
+        print(f"  timm/{name}: {ver or 'not installed'}")
+    print("backends (--backend):")
+    for name, info in data["backends"].items():
+        state = "installed" if info["installed"] else f"not installed: pip install {info['install']}"
+        print(f"  {name}: {state}")
     return 0
 
 
@@ -184,7 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision", default=None, choices=all_precisions(), help="default: the artifact's own (fp32 unless exported)"
     )
-    p.add_argument("--target", default=None, help="class id or name to explain (default: the predicted class)")
+    p.add_argument(
+        "--target",
+        default=None,
+        help="class id or name to explain, any case (default: the predicted class; list names: info --classes)",
+    )
+    p.add_argument(
+        "--resize-mode",
+        default="letterbox",
+        choices=["letterbox", "squash", "crop", "artifact"],
+        help="letterbox (default): the whole photo, padded; squash: the whole photo, stretched; crop: the "
+        "classifier's centre crop (the map is 0 outside it); artifact: the artifact's own",
+    )
+    p.add_argument("--recursive", action="store_true", help="look for images in the folders' subfolders too")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=8)
@@ -248,21 +364,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="show an artifact's manifest and the installed backends")
-    p.add_argument("artifact", nargs="?", default=None)
+    p.add_argument("artifact", nargs="?", default=None, help="artifact folder or built-in name (default: the default)")
+    p.add_argument("--classes", action="store_true", help="list the artifact's class ids and names instead")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("list", help="built-in artifacts, methods, backbone libraries, backends; what is installed")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_list)
     return parser
+
+
+@contextlib.contextmanager
+def _random_weights_notice(command: str) -> Iterator[None]:
+    """Show a :class:`~engine.errors.RandomWeightsWarning` as one plain stderr line per command; other warnings are
+    shown as usual."""
+    from .errors import RandomWeightsWarning
+
+    with warnings.catch_warnings():
+        show, shown = warnings.showwarning, []
+
+        def notice(message, category, filename, lineno, file=None, line=None):
+            if not issubclass(category, RandomWeightsWarning):
+                return show(message, category, filename, lineno, file, line)
+            if not shown:  # once, though export (say) loads the source and the new artifact
+                shown.append(message)
+                print(f"xai-engine {command}: warning: {message}", file=sys.stderr)
+
+        warnings.showwarning = notice
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _random_weights_notice(args.command):
+            return args.func(args)
     except EngineError as e:
         print(f"xai-engine {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `xai-engine info --classes | head`: the reader stopped, nothing is wrong
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
 
 
 if __name__ == "__main__":

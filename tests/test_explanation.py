@@ -141,6 +141,8 @@ def test_to_dict_is_json_and_complete() -> None:
         "class_name": "tabby cat",
         "score": 0.75,
         "target": 3,
+        "target_name": None,
+        "target_score": None,
         "topk": [
             {"id": 3, "name": "tabby cat", "prob": 0.75},
             {"id": 7, "name": "tiger cat", "prob": 0.2},
@@ -153,6 +155,8 @@ def test_to_dict_is_json_and_complete() -> None:
         "saliency_shape": [30, 40],
         "saliency_lowres_shape": [7, 7],
         "crop_box": None,
+        "resize_mode": None,
+        "source_size": None,
     }
 
 

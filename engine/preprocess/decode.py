@@ -24,10 +24,14 @@ from ..errors import ImageDecodeError, InputError
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
+    "SOURCE_SIZE_KEY",
     "is_image_file",
     "list_image_files",
     "load_image",
 ]
+
+SOURCE_SIZE_KEY = "xai_engine_source_size"
+"""Key of ``Image.info`` holding the stored ``(width, height)`` of a JPEG that :func:`load_image` decoded reduced."""
 
 DEFAULT_MAX_PIXELS = 64_000_000
 """Largest ``width * height`` :func:`load_image` decodes unless told otherwise (a 8000x8000 photo)."""
@@ -59,7 +63,9 @@ def list_image_files(folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(
+    source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None
+) -> Image.Image:
     """Load an image as a fully decoded RGB :class:`PIL.Image.Image`.
 
     The EXIF orientation is applied (``ImageOps.exif_transpose``). Pixel layouts are converted to 8-bit RGB:
@@ -90,6 +96,11 @@ def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
         max_pixels: largest ``width * height`` accepted for files, bytes and PIL images, checked from the header
             before any pixel data is decoded (decompression-bomb guard). ``None`` disables this check; Pillow's own
             hard limit (``2 * PIL.Image.MAX_IMAGE_PIXELS``) still applies to files and bytes.
+        draft: ``(width, height)`` the decoded image needs at least. A JPEG file or bytes at least twice that size
+            is decoded reduced by 1/2, 1/4 or 1/8 (Pillow's draft mode: DCT scaling, fast, little memory), keeping
+            both sides at least ``draft``. Its stored size is kept in ``image.info[SOURCE_SIZE_KEY]``. The pixel
+            limits then apply to the reduced size, so a JPEG above Pillow's hard limit can still be explained.
+            Other formats cannot be decoded reduced and keep every check. ``None`` (default): full decode.
 
     Returns:
         A new RGB image, independent of ``source``.
@@ -112,9 +123,9 @@ def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
         data = bytes(source)
         if not data:
             raise ImageDecodeError("The image bytes are empty (0 bytes). Pass the full content of an image file.")
-        return _decode(io.BytesIO(data), "the image data", max_pixels)
+        return _decode(io.BytesIO(data), "the image data", max_pixels, draft)
     if isinstance(source, (str, os.PathLike)):
-        return _load_path(source, max_pixels)
+        return _load_path(source, max_pixels, draft)
     raise InputError(
         f"Cannot load an image from a {type(source).__module__}.{type(source).__qualname__}. Pass a file path, "
         "the encoded bytes of an image file, a PIL.Image.Image, or a uint8 numpy array shaped (H, W), (H, W, 3) or "
@@ -122,7 +133,7 @@ def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
     )
 
 
-def _load_path(source: str | os.PathLike, max_pixels: int | None) -> Image.Image:
+def _load_path(source: str | os.PathLike, max_pixels: int | None, draft: tuple[int, int] | None) -> Image.Image:
     raw = os.fspath(source)
     path = Path(os.fsdecode(raw))
     if not path.exists():
@@ -137,7 +148,7 @@ def _load_path(source: str | os.PathLike, max_pixels: int | None) -> Image.Image
         if size == 0:
             raise ImageDecodeError(f"Image file {path} is empty (0 bytes). Re-export or re-download the image.")
         with path.open("rb") as fh:
-            return _decode(fh, f"image file {path}", max_pixels)
+            return _decode(fh, f"image file {path}", max_pixels, draft)
     except PermissionError as exc:
         raise ImageDecodeError(
             f"Cannot read image file {path}: permission denied. Fix the file's permissions."
@@ -180,8 +191,18 @@ def _bomb_error(exc: Exception, what: str, max_pixels: int | None) -> ImageDecod
     return ImageDecodeError(f"{_cap(what)} has {pixels}. {fix}")
 
 
-def _decode(fp: IO[bytes], what: str, max_pixels: int | None) -> Image.Image:
-    """Open encoded image data lazily, check its size from the header, then decode it fully."""
+def _decode(fp: IO[bytes], what: str, max_pixels: int | None, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Open encoded image data lazily, check its size from the header, then decode it fully (JPEGs: reduced when
+    ``draft`` allows)."""
+    if draft is not None:
+        start = fp.tell()
+        is_jpeg = fp.read(3) == b"\xff\xd8\xff"
+        fp.seek(start)
+        if is_jpeg:
+            reduced = _decode_jpeg_reduced(fp, what, max_pixels, draft)
+            if reduced is not None:
+                return reduced
+            fp.seek(start)
     with warnings.catch_warnings():
         _bomb_warning_filter(max_pixels)
         try:
@@ -199,6 +220,42 @@ def _decode(fp: IO[bytes], what: str, max_pixels: int | None) -> Image.Image:
             ) from exc
         with image:
             return _finish(image, what, max_pixels)
+
+
+def _decode_jpeg_reduced(
+    fp: IO[bytes], what: str, max_pixels: int | None, draft: tuple[int, int]
+) -> Image.Image | None:
+    """A JPEG decoded at the smallest DCT scale that keeps both sides >= ``draft``; None when no reduction applies.
+
+    The JPEG is opened without ``Image.open``'s decompression-bomb check: the checks apply to the reduced size (at
+    most 1/8 per side smaller), which is what gets decoded.
+    """
+    from PIL import JpegImagePlugin
+
+    try:
+        image = JpegImagePlugin.JpegImageFile(fp)
+    except Exception:  # let the normal path produce its message  # noqa: BLE001
+        return None
+    with image:
+        stored = image.size
+        want_w, want_h = (max(1, int(v)) for v in draft)
+        if stored[0] < 2 * want_w or stored[1] < 2 * want_h:
+            return None  # no reduction possible: the normal path, with every check
+        try:
+            image.draft("RGB", (want_w, want_h))
+        except Exception:  # noqa: BLE001 - a JPEG the draft cannot scale: decode normally
+            return None
+        if image.size == stored:
+            return None
+        limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0) or None
+        _check_pixels(image.size, limit, f"{what} (reduced from {stored[0]}x{stored[1]})")
+        reduced = image.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the reduced size was checked above
+            out = _finish(image, what, None)
+    # the stored size in the orientation of the result (EXIF rotation may have swapped the sides)
+    out.info[SOURCE_SIZE_KEY] = stored if out.size == reduced else (stored[1], stored[0])
+    return out
 
 
 def _from_pil(image: Image.Image, max_pixels: int | None) -> Image.Image:

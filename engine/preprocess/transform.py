@@ -37,12 +37,14 @@ class ImageMeta:
     Attributes:
         original_size: ``(width, height)`` of the image given to the :class:`Preprocessor`.
         crop_box: ``(left, top, right, bottom)`` in original-image pixel coordinates (continuous; pixel ``x`` spans
-            ``[x, x + 1)``) of the region shown by the network input. It may extend past the image edges only if the
-            crop had to be padded.
+            ``[x, x + 1)``) of the region shown by the network input. It extends past the image edges where the
+            input was padded (``"letterbox"``, or a crop larger than the resized image).
+        resize_mode: the preprocessor's ``resize_mode`` (``"crop"``, ``"letterbox"`` or ``"squash"``).
     """
 
     original_size: tuple[int, int]
     crop_box: tuple[float, float, float, float]
+    resize_mode: str = "crop"
 
 
 class Preprocessor:
@@ -52,8 +54,11 @@ class Preprocessor:
     ``scale = floor(input / crop_pct)`` per side; for a square input the shorter image side is resized to ``scale``
     and the longer to ``int(scale * long / short)`` (torchvision ``Resize(int)``, which truncates); for a non-square
     input each side is divided by ``min(h / scale_h, w / scale_w)`` and rounded (timm ``ResizeKeepRatio``). The
-    centre crop offsets are ``int(round((size - crop) / 2))`` (torchvision ``CenterCrop``). ``"squash"`` mode resizes
-    the whole image to ``input_size``. Resizing uses Pillow with the configured resampling filter.
+    centre crop offsets are ``int(round((size - crop) / 2))`` (torchvision ``CenterCrop``). ``"letterbox"`` mode
+    resizes the image by ``min(input_w / w, input_h / h)`` (each side rounded, at least 1 pixel), centres it and pads
+    the rest with the mean colour (``round(255 * mean)``, about 0 after normalisation), so the whole photo is seen
+    undistorted. ``"squash"`` mode resizes the whole image to ``input_size``. Resizing uses Pillow with the
+    configured resampling filter.
 
     Args:
         config: the transform settings; the default :class:`~engine.config.PreprocessConfig` when ``None``.
@@ -64,6 +69,7 @@ class Preprocessor:
         self._resample = _RESAMPLING[self.config.interpolation]
         self._mean = np.asarray(self.config.mean, dtype=np.float32).reshape(3, 1, 1)
         self._std = np.asarray(self.config.std, dtype=np.float32).reshape(3, 1, 1)
+        self._pad = tuple(round(255.0 * m) for m in self.config.mean)  # letterbox padding: the mean colour
 
     def __repr__(self) -> str:
         return f"Preprocessor({self.config!r})"
@@ -76,12 +82,19 @@ class Preprocessor:
 
         Returns:
             ``((resized_width, resized_height), (left, top, right, bottom))``: the size the image is resized to
-            and the crop taken from the resized image, in resized pixels.
+            and the crop taken from the resized image, in resized pixels (negative offsets, or a box past the resized
+            size, where the input is padded).
         """
         width, height = size
         out_h, out_w = self.config.input_size
         if self.config.resize_mode == "squash":
             return (out_w, out_h), (0, 0, out_w, out_h)
+        if self.config.resize_mode == "letterbox":
+            scale = min(out_w / width, out_h / height)
+            new_w = min(out_w, max(1, round(width * scale)))
+            new_h = min(out_h, max(1, round(height * scale)))
+            left, top = -((out_w - new_w) // 2), -((out_h - new_h) // 2)
+            return (new_w, new_h), (left, top, left + out_w, top + out_h)
         scale_h = math.floor(out_h / self.config.crop_pct)
         scale_w = math.floor(out_w / self.config.crop_pct)
         if scale_h == scale_w:  # torchvision Resize(int): shorter side -> scale, longer side truncated
@@ -139,12 +152,17 @@ class Preprocessor:
         width, height = image.size
         (new_w, new_h), (left, top, right, bottom) = self.plan((width, height))
         resized = image if (new_w, new_h) == (width, height) else image.resize((new_w, new_h), self._resample)
-        cropped = (
-            resized if (left, top, right, bottom) == (0, 0, new_w, new_h) else resized.crop((left, top, right, bottom))
-        )
+        if (left, top, right, bottom) == (0, 0, new_w, new_h):
+            cropped = resized
+        elif self.config.resize_mode == "letterbox":
+            cropped = Image.new("RGB", (right - left, bottom - top), self._pad)
+            cropped.paste(resized, (-left, -top))
+        else:
+            cropped = resized.crop((left, top, right, bottom))
         sx, sy = width / new_w, height / new_h
         box = (left * sx, top * sy, right * sx, bottom * sy)
-        return np.asarray(cropped, dtype=np.uint8), ImageMeta(original_size=(width, height), crop_box=box)
+        meta = ImageMeta(original_size=(width, height), crop_box=box, resize_mode=self.config.resize_mode)
+        return np.asarray(cropped, dtype=np.uint8), meta
 
 
 def _crop_offset(size: int, crop: int) -> int:

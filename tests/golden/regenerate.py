@@ -24,7 +24,7 @@ EXAMPLES = HERE.parents[1] / "examples"
 def main() -> None:
     photos = list_image_files(EXAMPLES)
     for name in builtin_names():
-        engine = Engine.load(name, backend="torch", precision="fp32", device="cpu")
+        engine = Engine.load(name, backend="torch", precision="fp32", device="cpu", resize_mode="artifact")
         folder = HERE / name
         folder.mkdir(exist_ok=True)
         classes = {}

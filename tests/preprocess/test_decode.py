@@ -450,6 +450,6 @@ def test_image_suffixes_are_one_set_used_by_cli_benchmarks_and_datasets(tmp_path
     expected = sorted([folder / "a.ppm", folder / "b.gif", folder / "D.JPG"])
     expected = sorted(expected + [folder / f"c{suffix}" for suffix in IMAGE_SUFFIXES - {".ppm", ".gif"}])
 
-    assert expand_images([str(folder)]) == expected
+    assert expand_images([str(folder)]) == (expected, 2)  # notes.txt and .hidden.png ignored, and counted
     assert overlays.collect([str(folder)]) == expected
     assert ImageFolder(folder).paths == expected

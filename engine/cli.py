@@ -295,10 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--resize-mode",
-        default="letterbox",
-        choices=["letterbox", "squash", "crop", "artifact"],
-        help="letterbox (default): the whole photo, padded; squash: the whole photo, stretched; crop: the "
-        "classifier's centre crop (the map is 0 outside it); artifact: the artifact's own",
+        default="artifact",
+        choices=["artifact", "letterbox", "squash", "crop"],
+        help="artifact (default): the artifact's own transform (the centre crop for the built-ins; the overlay draws "
+        "the box); letterbox: the whole photo, padded; squash: the whole photo, stretched; crop: the centre crop",
     )
     p.add_argument("--recursive", action="store_true", help="look for images in the folders' subfolders too")
     p.add_argument("--out", required=True, help="output folder")

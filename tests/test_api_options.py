@@ -23,12 +23,13 @@ def portrait(example_images):
     return next(p for p in example_images if p.stem == "golden_retriever")  # 300 x 500
 
 
-def test_default_explains_the_whole_photo(engine, portrait):
-    exp = engine.explain(portrait)
+def test_letterbox_explains_the_whole_photo_and_crop_draws_its_box(engine, portrait):
+    exp = Engine(engine.artifact, engine.backend, resize_mode="letterbox").explain(portrait)
     assert exp.resize_mode == "letterbox" and exp.to_dict()["resize_mode"] == "letterbox"
     assert exp.saliency.shape == (500, 300)
-    # the bands that a centre crop never shows carry evidence now
-    crop = Engine(engine.artifact, engine.backend, resize_mode="crop").explain(portrait)
+    # the default is the artifact's own transform: the built-ins' centre crop (the README's measured reason)
+    crop = engine.explain(portrait)
+    assert crop.resize_mode == "crop" and crop.to_dict()["crop_box"] == list(crop.crop_box)
     left, top, right, bottom = crop.crop_box
     assert top > 50 and bottom < 450  # crop mode: the top and bottom bands were not seen ...
     assert crop.saliency[: int(top) - 1].max() == 0.0 and crop.saliency[int(bottom) + 1 :].max() == 0.0

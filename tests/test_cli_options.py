@@ -49,20 +49,25 @@ def test_folders_recursive_ignored_files_and_a_missing_folder(tmp_path, example_
     # timings: per-image decode/preprocess/postprocess, the batch's inference time with its size
     for r in records:
         assert set(r["timings"]) == {"decode_ms", "preprocess_ms", "postprocess_ms", "batch_infer_ms", "batch_size"}
-        assert r["timings"]["batch_size"] == 2 and r["resize_mode"] == "letterbox"
+        assert r["timings"]["batch_size"] == 2 and r["resize_mode"] == "crop"  # the artifact's own, by default
     assert main(["explain", str(tmp_path / "no_such_folder"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "Folder not found" in err and "Image file not found" not in err
 
 
-def test_crop_mode_is_recorded(tmp_path, example_images):
+def test_resize_mode_is_recorded(tmp_path, example_images):
     out = tmp_path / "out"
-    argv = ["explain", str(example_images[0]), "--out", str(out), "--resize-mode", "crop", "--backend", "torch"]
-    assert main([*argv, "--quiet"]) == 0
+    argv = ["explain", str(example_images[0]), "--out", str(out), "--backend", "torch", "--quiet"]
+    assert main(argv) == 0
     record = json.loads((out / "results.jsonl").read_text())
     assert record["resize_mode"] == "crop"
     left, top, right, bottom = record["crop_box"]
     assert left >= 0 and top > 0 and bottom < record["saliency_shape"][0]  # the box the network saw, inside
+    assert main([*argv, "--resize-mode", "letterbox"]) == 0
+    record = json.loads((out / "results.jsonl").read_text())
+    assert record["resize_mode"] == "letterbox"
+    left, top, right, bottom = record["crop_box"]
+    assert left < 0 and top <= 0 and right > record["saliency_shape"][1]  # the whole photo, and the padding
 
 
 def test_list_and_info_classes(capsys):

@@ -4,7 +4,7 @@ The built-in methods register themselves here (importing :mod:`.base` never impo
 between the base and the methods). A third-party method registers with ``@register_explainer("name")`` on import.
 """
 
-from . import ala, reciprocam, tame  # noqa: F401  (registers the built-in methods; each imports .base itself)
+from . import ala, lrp, reciprocam, tame  # noqa: F401  (registers the built-in methods; each imports .base itself)
 from .base import Explainer, build_explainer, get_explainer_class, list_explainers, register_explainer
 
 __all__ = ["Explainer", "build_explainer", "get_explainer_class", "list_explainers", "register_explainer"]

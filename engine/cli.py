@@ -126,6 +126,42 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_explain_dataset(args: argparse.Namespace) -> int:
+    from .dataset import explain_dataset
+
+    summary = explain_dataset(
+        args.src,
+        args.out,
+        artifact=args.artifact,
+        backend=args.backend,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        part_size=args.part_size,
+        ray=args.ray,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        cpus_per_actor=args.cpus_per_actor,
+        overlays=args.overlays,
+        resize_mode=args.resize_mode,
+        target=args.target,
+        top_k=args.top_k,
+        max_pixels=args.max_pixels if args.max_pixels > 0 else None,
+        limit=args.limit,
+        progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps(summary))
+    if not args.quiet:
+        print(
+            f"explained {summary['explained']} image(s), {summary['errors']} error row(s), skipped "
+            f"{summary['already_done']} already in {summary['out']}; {summary['images_per_s']} images/s over "
+            f"{summary['seconds']} s ({summary['mode']})",
+            file=sys.stderr,
+        )
+    return 1 if summary["errors"] else 0
+
+
 def parse_options(pairs: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs to a dict; values are read as JSON where they parse (``true``, ``3``), else strings."""
     options: dict[str, Any] = {}
@@ -371,6 +407,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="built-in artifacts, methods, backbone libraries, backends; what is installed")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "explain-dataset",
+        help="explain a dataset into Parquet (one row per image; resumable), in-process or on Ray Data (--ray)",
+    )
+    p.add_argument("src", help="a folder (recursive), a .txt/.csv/.parquet list of paths or URIs")
+    p.add_argument("--out", required=True, help="output folder of Parquet part files (a rerun skips rows there)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS|local", help="run on Ray Data (default: in-process)")
+    p.add_argument("--actors", type=int, default=1, help="Ray actors, one Engine each")
+    p.add_argument("--gpus-per-actor", type=float, default=0)
+    p.add_argument("--cpus-per-actor", type=float, default=1)
+    p.add_argument("--artifact", default=None, help="artifact folder or built-in name (default: the embedded default)")
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
+    p.add_argument("--device", default="auto", choices=["auto", *all_devices()])
+    p.add_argument("--precision", default=None, choices=all_precisions())
+    p.add_argument("--target", default=None, help="class id or name to explain (default: the predicted class)")
+    p.add_argument("--resize-mode", default="artifact", choices=["artifact", "letterbox", "squash", "crop"])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--part-size", type=int, default=512, help="rows per Parquet part file")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--overlays", default=None, metavar="DIR", help="also write PNG overlays to this folder")
+    p.add_argument("--max-pixels", type=int, default=64_000_000, help="largest image to decode (0: no limit)")
+    p.add_argument("--limit", type=int, default=None, help="explain at most N new images in this run")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_explain_dataset)
     return parser
 
 

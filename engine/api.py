@@ -38,7 +38,25 @@ def _is_batch(images: Any) -> bool:
 
 
 class Engine:
-    """One artifact opened on one backend. Thread-compatible, not thread-safe: use one Engine per thread."""
+    """One artifact opened on one backend.
+
+    Thread-safe: threads may share one Engine and call :meth:`explain` / :meth:`explain_batch` at once; each gets the
+    result a serial call gives. Decoding, preprocessing and postprocessing run in the calling thread (nothing in
+    them is shared but read-only settings); the backend call is shared as each runtime allows:
+
+    * ONNX Runtime: ``InferenceSession.run`` is thread-safe; concurrent calls share the session (and its intra-op
+      thread pool) and run at once.
+    * OpenVINO: a pool of infer requests, at most the compiled model's ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` (1 under
+      the latency hint used here); a call takes a free one (or waits for one) and copies its outputs out before
+      giving it back.
+    * torch: the forward passes run on the backend's own worker threads (``CPUs // threads`` of them, at least 2;
+      one on a CUDA device); callers wait for their result. Memory then does not grow with the number of calling
+      threads (torch keeps per-thread state in every thread that runs it).
+
+    A shared Engine runs at most the backend's parallelism; more throughput comes from more processes (or, for
+    ONNX Runtime and torch, from a lower ``threads`` and more callers). Do not change an Engine's attributes while
+    other threads use it, or call :meth:`close` while calls are in flight.
+    """
 
     def __init__(
         self,

@@ -3,9 +3,20 @@
 
 The CPU plugin picks bf16 by itself on CPUs with AMX; the precision is therefore always set explicitly
 (``INFERENCE_PRECISION_HINT``) and the precision the compiled model reports is recorded (``effective_precision``).
+
+Threads: an ``InferRequest`` runs one inference at a time (a second thread gets "Infer Request is busy", or overwrites
+the first one's inputs), so calls take a request from a pool (:class:`_RequestPool`), run it, copy the outputs out of
+the request's memory and give it back. The pool holds at most the compiled model's
+``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` (1 under the ``LATENCY`` hint: its one stream runs one request at a time anyway);
+further callers wait for a free request.
 """
 
 from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -20,6 +31,41 @@ _OUR_PRECISION = {v: k for k, v in _OV_PRECISION.items()}
 def _dims(port) -> list[int | None]:
     """A port's dimensions, None where dynamic."""
     return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+
+
+class _RequestPool:
+    """Infer requests shared by threads: a call takes a free one (creating it while fewer than ``size`` exist, else
+    waiting for one), runs it and gives it back, also when it raised."""
+
+    def __init__(self, compiled, size: int) -> None:
+        self._compiled = compiled
+        self.size = max(1, int(size))
+        self._free: queue.LifoQueue = queue.LifoQueue()  # the most recently used request first: its memory is warm
+        self._free.put(compiled.create_infer_request())  # one at load time, so that a failure shows there
+        self._created = 1
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def request(self) -> Iterator:
+        try:
+            request = self._free.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                grow = self._created < self.size
+                self._created += grow
+            if grow:
+                try:
+                    request = self._compiled.create_infer_request()
+                except BaseException:
+                    with self._lock:
+                        self._created -= 1
+                    raise
+            else:
+                request = self._free.get()
+        try:
+            yield request
+        finally:
+            self._free.put(request)
 
 
 class OpenVINOBackend(Backend):
@@ -40,7 +86,8 @@ class OpenVINOBackend(Backend):
         with temporary_dir() as tmp:  # a module is exported here; the compiled model keeps what it needs
             source = self._source_file(tmp, (OPENVINO_XML, ONNX))
             self.compiled = core.compile_model(core.read_model(str(source)), "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        optimal = self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        self._requests = _RequestPool(self.compiled, optimal)
         self.source_name = source.name
         self._out = {o.get_any_name(): o for o in self.compiled.outputs}
         image = next(i for i in self.compiled.inputs if i.get_any_name() == "image")
@@ -50,6 +97,9 @@ class OpenVINOBackend(Backend):
         self.effective_precision = _OUR_PRECISION.get(hint, hint)
 
     def _run_impl(self, images: np.ndarray, targets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        result = self.request.infer(self._feeds(images, targets))
-        logits = np.array(result[self._out["logits"]])
-        return logits, (np.array(result[self._out["saliency"]]) if self.explains else None)
+        with self._requests.request() as request:
+            result = request.infer(self._feeds(images, targets), share_inputs=False, share_outputs=False)
+            # copies, taken while the request is held: the next call on it reuses its output memory
+            logits = np.array(result[self._out["logits"]], copy=True)
+            saliency = np.array(result[self._out["saliency"]], copy=True) if self.explains else None
+        return logits, saliency

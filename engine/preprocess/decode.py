@@ -12,7 +12,10 @@ import io
 import os
 import re
 import struct
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import IO, Any
 
@@ -84,9 +87,12 @@ def load_image(
     The source is never modified: a PIL image passed in is copied (it may be ``load()``-ed if it was opened lazily).
     Multi-frame files (animated GIF, multi-page TIFF) give their first frame.
 
-    Pillow's decompression-bomb warning is turned into an error with ``warnings.catch_warnings``, which is local to
-    this call but, like every use of ``catch_warnings`` in Python 3.11, not thread-safe with respect to other threads
-    changing warning filters at the same moment. Pillow's global state (``MAX_IMAGE_PIXELS``,
+    Pillow's decompression-bomb warning is turned into an error (silenced where ``max_pixels`` lifts the limit) with
+    ``warnings.catch_warnings`` around the header read, and around the pixel decode only for images above Pillow's
+    warning threshold (``PIL.Image.MAX_IMAGE_PIXELS``). Those blocks swap the process-wide filter list, so they are
+    held under one lock: threads calling ``load_image`` at once neither see each other's filter nor leave one
+    behind. (Other code changing warning filters while such a block is open still races with it, as with every
+    ``catch_warnings`` in Python 3.11.) Pillow's global state (``MAX_IMAGE_PIXELS``,
     ``ImageFile.LOAD_TRUNCATED_IMAGES``) is never changed.
 
     Args:
@@ -203,8 +209,7 @@ def _decode(fp: IO[bytes], what: str, max_pixels: int | None, draft: tuple[int, 
             if reduced is not None:
                 return reduced
             fp.seek(start)
-    with warnings.catch_warnings():
-        _bomb_warning_filter(max_pixels)
+    with _bomb_warnings(max_pixels):  # Image.open checks the header's size against Pillow's limits
         try:
             image = Image.open(fp)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -218,8 +223,8 @@ def _decode(fp: IO[bytes], what: str, max_pixels: int | None, draft: tuple[int, 
             raise ImageDecodeError(
                 f"{_cap(what)} has a corrupt header ({type(exc).__name__}: {exc}). Re-export or re-download it."
             ) from exc
-        with image:
-            return _finish(image, what, max_pixels)
+    with image:
+        return _finish(image, what, max_pixels)
 
 
 def _decode_jpeg_reduced(
@@ -250,37 +255,51 @@ def _decode_jpeg_reduced(
         limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0) or None
         _check_pixels(image.size, limit, f"{what} (reduced from {stored[0]}x{stored[1]})")
         reduced = image.size
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the reduced size was checked above
-            out = _finish(image, what, None)
+        out = _finish(image, what, None)  # the reduced size was checked above: no bomb warning from Pillow
     # the stored size in the orientation of the result (EXIF rotation may have swapped the sides)
     out.info[SOURCE_SIZE_KEY] = stored if out.size == reduced else (stored[1], stored[0])
     return out
 
 
 def _from_pil(image: Image.Image, max_pixels: int | None) -> Image.Image:
-    with warnings.catch_warnings():
-        _bomb_warning_filter(max_pixels)
-        return _finish(image, "the PIL image", max_pixels)
+    return _finish(image, "the PIL image", max_pixels)
 
 
-def _bomb_warning_filter(max_pixels: int | None) -> None:
-    """Inside a ``catch_warnings`` block: make Pillow's bomb warning an error, unless the caller lifted the limit.
+_WARNING_FILTERS_LOCK = threading.Lock()
+"""Held while a ``catch_warnings`` block of this module is open. Such a block swaps the process-wide filter list in and
+out; two of them interleaved by threads restore each other's copies, and a bomb-warning filter stays behind."""
+if hasattr(os, "register_at_fork"):  # a child forked while another thread held it must not wait for it forever
+    os.register_at_fork(after_in_child=_WARNING_FILTERS_LOCK._at_fork_reinit)
+
+
+@contextmanager
+def _bomb_warnings(max_pixels: int | None) -> Iterator[None]:
+    """Make Pillow's bomb warning an error inside the block, unless the caller lifted the limit.
 
     When ``max_pixels`` is above Pillow's warning threshold (or ``None``), the caller has said it trusts larger
     images, so the warning is silenced instead; :func:`_check_pixels` enforces ``max_pixels`` itself.
     """
-    if max_pixels is None or max_pixels > Image.MAX_IMAGE_PIXELS:
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-    else:
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with _WARNING_FILTERS_LOCK, warnings.catch_warnings():
+        if max_pixels is None or max_pixels > Image.MAX_IMAGE_PIXELS:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        else:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def _may_warn(size: tuple[int, int]) -> bool:
+    """Whether Pillow's bomb check can warn while an image of ``size`` decodes (its checks during the decode see at
+    most the size the header gave)."""
+    return Image.MAX_IMAGE_PIXELS is not None and size[0] * size[1] > Image.MAX_IMAGE_PIXELS
 
 
 def _finish(image: Image.Image, what: str, max_pixels: int | None) -> Image.Image:
     """Size check (header only), full decode, EXIF orientation and mode conversion. Returns a new image."""
     _check_pixels(image.size, max_pixels, what)
     try:
-        image.load()
+        # small images decode outside the lock (in parallel): Pillow's checks cannot warn for them
+        with _bomb_warnings(max_pixels) if _may_warn(image.size) else nullcontext():
+            image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _bomb_error(exc, what, max_pixels) from exc
     except Exception as exc:  # OSError, SyntaxError, ValueError, EOFError, zlib/struct errors ...

@@ -23,6 +23,8 @@ from typing import Any
 
 from .config import BackboneConfig, ExplainerConfig, PreprocessConfig
 from .errors import ArtifactError, RandomWeightsWarning
+from .fileio import apply_umask, replace_folder
+from .fileio import current_umask as current_umask  # re-exported: tests and engine.triton read it here
 
 FORMAT = "xai-engine-artifact"
 FORMAT_VERSION = 1
@@ -298,26 +300,6 @@ def new_manifest(
     }
 
 
-def current_umask() -> int:
-    """The process's umask (read from /proc where it can be, so that it is never changed, even briefly)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _apply_umask(folder: Path) -> None:
-    """Give ``folder`` mode ``0o777 & ~umask`` and its files ``0o666 & ~umask``, like every other output."""
-    mask = current_umask()
-    for child in folder.iterdir():
-        if child.is_file() and not child.is_symlink():
-            child.chmod(0o666 & ~mask)
-    folder.chmod(0o777 & ~mask)
-
-
 def write_artifact(manifest: dict[str, Any], out_dir: str | os.PathLike, files: dict[str, Path]) -> Artifact:
     """Write an artifact atomically: everything goes to a temporary sibling folder that is renamed at the end.
 
@@ -351,15 +333,8 @@ def write_artifact(manifest: dict[str, Any], out_dir: str | os.PathLike, files: 
         manifest["versions"] = {k: v for k, v in versions.items() if v}
         manifest["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _apply_umask(tmp)  # mkdtemp made it 0o700; the artifact gets the modes of any other output
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        apply_umask(tmp)  # mkdtemp made it 0o700; the artifact gets the modes of any other output
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -42,12 +42,12 @@ from .artifact import (
     OPENVINO_XML,
     OUTPUT_NAMES,
     Artifact,
-    current_umask,
     engine_version,
     load_artifact,
     resolve_artifact_path,
 )
 from .errors import BackendUnavailableError, EngineError
+from .fileio import apply_umask, replace_folder
 
 TENSORRT_PLAN = "model.plan"  # the file a TensorRT export writes into an artifact (docs/adding_a_backend.md)
 CONFIG = "config.pbtxt"
@@ -410,17 +410,6 @@ def _check_options(spec: TritonBackend, max_batch_size: int, delay_us: int, inst
     return kind
 
 
-def _apply_umask_tree(root: Path) -> None:
-    """Give ``root`` and the folders under it ``0o777 & ~umask``, its files ``0o666 & ~umask``."""
-    mask = current_umask()
-    for dirpath, dirnames, filenames in os.walk(root):
-        for f in filenames:
-            Path(dirpath, f).chmod(0o666 & ~mask)
-        for d in dirnames:
-            Path(dirpath, d).chmod(0o777 & ~mask)
-    root.chmod(0o777 & ~mask)
-
-
 @dataclass
 class TritonModel:
     """What :func:`write_triton_repository` wrote."""
@@ -517,15 +506,8 @@ def write_triton_repository(
         if validate:
             result.report = validate_config(tmp, name=name)
             result.validated = True
-        _apply_umask_tree(tmp)  # mkdtemp made it 0o700; the model folder gets the modes of any other output
-        if out.exists():
-            old = repo / f".{name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        apply_umask(tmp)  # mkdtemp made it 0o700; the model folder gets the modes of any other output
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

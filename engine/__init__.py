@@ -15,7 +15,7 @@ from .errors import (
     UnsupportedModelError,
     WeightsUnavailableError,
 )
-from .explanation import Explanation
+from .explanation import Explanation, FailedExplanation
 
 __all__ = [
     "Artifact",
@@ -24,6 +24,7 @@ __all__ = [
     "Engine",
     "EngineError",
     "Explanation",
+    "FailedExplanation",
     "ImageDecodeError",
     "InputError",
     "RandomWeightsWarning",

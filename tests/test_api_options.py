@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import Engine, Explanation, ImageDecodeError, InputError
-from engine.explanation import FailedExplanation
+from engine import Engine, Explanation, FailedExplanation, ImageDecodeError, InputError
 
 
 @pytest.fixture(scope="module")

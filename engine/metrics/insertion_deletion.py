@@ -26,6 +26,11 @@ Presets (``PRESETS`` holds the exact parameters; each result's ``params`` record
 
 A constant (or partly constant) map is not an error: its ties are ranked by index (``rise``, ``ovxai``) or enter
 together (``keio``).
+
+``quantize_levels=L`` (any preset; the LRP-for-ResNet authors evaluate ``keio`` with 8): before ranking, each
+upsampled map is min-max scaled and cut into ``L`` equal bins, ``q = min(floor(L * (s - min) / (max - min)), L - 1)``
+(a constant map becomes all 0), as a heat map with ``L`` colours would show it; with ``keio``'s ties-together rule the
+pixels of one level then enter together. ``params["quantize_levels"]`` records it (None: not quantised).
 """
 
 from __future__ import annotations
@@ -116,6 +121,17 @@ def rise_kernel(size: int = 11, sigma: float = 5.0) -> np.ndarray:
     return np.outer(k1, k1)
 
 
+def quantize(saliency: Tensor, levels: int) -> Tensor:
+    """Per map of ``saliency`` (N, H, W): min-max scale, then ``levels`` equal bins, as float level indices 0..L-1
+    (a constant map becomes all 0)."""
+    flat = saliency.reshape(saliency.shape[0], -1).double()
+    lo = flat.min(dim=1, keepdim=True).values
+    span = flat.max(dim=1, keepdim=True).values - lo
+    scaled = torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, torch.ones_like(span)), 0.0)
+    q = torch.clamp(torch.floor(scaled * levels), max=levels - 1)
+    return q.reshape(saliency.shape).to(saliency.dtype)
+
+
 def _blur(x_norm: Tensor, size: int, sigma: float) -> Tensor:
     c = x_norm.shape[1]
     k = torch.from_numpy(rise_kernel(size, sigma)).float()
@@ -155,6 +171,7 @@ def insertion_deletion(
     batch_size: int = DEFAULT_BATCH_SIZE,
     modes: Sequence[str] = ("insertion", "deletion"),
     model_kind: str | None = None,
+    quantize_levels: int | None = None,
 ) -> dict[str, MetricResult]:
     """Insertion and/or deletion AUC per image, and the ID score when both are computed.
 
@@ -170,6 +187,8 @@ def insertion_deletion(
         modes: which curves to compute, a subset of ("insertion", "deletion").
         model_kind: ``"cnn"`` or ``"vit"``; accepted so that every metric takes the same arguments, unused here
             (this metric perturbs both kinds the same way).
+        quantize_levels: quantise each upsampled map into this many levels before ranking (see the module
+            docstring); None (default): rank the map as it is.
 
     Returns:
         ``{"insertion": ..., "deletion": ..., "id": ...}`` (only the requested ones; "id" needs both), each with the
@@ -179,8 +198,14 @@ def insertion_deletion(
     bad = [m for m in modes if m not in ("insertion", "deletion")] or ([] if modes else ["(none)"])
     if bad:
         raise InputError(f"modes must be a non-empty subset of ('insertion', 'deletion'), got {list(modes)}.")
+    if quantize_levels is not None and (
+        isinstance(quantize_levels, bool) or not isinstance(quantize_levels, int) or quantize_levels < 2
+    ):
+        raise InputError(f"quantize_levels must be an int >= 2 (e.g. 8) or None, got {quantize_levels!r}.")
     ci = check_inputs(images, saliency, mean, std, batch_size, model_kind)
     raw, sal, m, s, batch_size = ci.raw, ci.saliency, ci.mean, ci.std, ci.batch_size
+    if quantize_levels is not None:
+        sal = quantize(sal, quantize_levels)
     n, c, h, w = ci.shape
     p = PRESETS[preset]
     tgt = check_targets(targets, n, "the 'keio' preset" if preset == "keio" else None)
@@ -221,6 +246,7 @@ def insertion_deletion(
 
     x = torch.from_numpy(nominal.astype(np.float64) / hw)
     params = {**_COMMON, **p, "n_points": len(nominal), "batch_size": batch_size, "model_calls": calls}
+    params["quantize_levels"] = quantize_levels
     if tgt is not None and preset == "rise":
         params["targets"] = "ignored (rise scores the predicted class)"
     params["class_used"] = "target" if (tgt is not None and preset != "rise") else "predicted"

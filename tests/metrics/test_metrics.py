@@ -567,3 +567,32 @@ def test_every_metric_takes_the_same_keyword_arguments():
         assert all(r.preset == list_presets(metric)[0] and np.isfinite(r.value) for r in res.values()), metric
     with pytest.raises(InputError, match="model_kind"):
         evaluate("road", "tame", **{**common, "model_kind": "mlp"})
+
+
+def test_keio_quantized_levels_enter_together_by_hand():
+    # 32x32 px, all raw 1. Saliency: 400 px = 1.0, 300 px = 0.4, 324 px = 0. Nominal counts 0, 500, 1000, 1024.
+    # As it is: the 500th largest is 0.4 -> 700 px in. Two levels: 0.4 falls in the lower bin with 0 -> the 500th
+    # largest is level 0 -> all 1024 px in. Eight levels keep 0.4 apart (level 3) -> as unquantised.
+    h = w = 32
+    sal = np.zeros((1, h, w), np.float32)
+    flat = sal.reshape(-1)
+    perm = np.random.default_rng(1).permutation(h * w)
+    flat[perm[:400]] = 1.0
+    flat[perm[400:700]] = 0.4
+    raw = np.ones((1, 1, h, w), np.float32)
+    model = two_class_linear(np.full(h * w, 2.0 / (h * w)))
+    kwargs = dict(mean=(0.5,), std=(0.5,), preset="keio", targets=[1])
+
+    def expected(eff):
+        return np.array([sig(2 * (2 * e / 1024 - 1)) for e in eff])
+
+    plain = id_score(model, raw, sal, **kwargs)
+    two = id_score(model, raw, sal, quantize_levels=2, **kwargs)
+    eight = id_score(model, raw, sal, quantize_levels=8, **kwargs)
+    np.testing.assert_allclose(plain["insertion"].curves[0], expected([0, 700, 1024, 1024]), atol=1e-12)
+    np.testing.assert_allclose(two["insertion"].curves[0], expected([0, 1024, 1024, 1024]), atol=1e-12)
+    np.testing.assert_allclose(eight["insertion"].curves[0], plain["insertion"].curves[0], atol=1e-12)
+    assert two["id"].params["quantize_levels"] == 2 and plain["id"].params["quantize_levels"] is None
+    for bad in (0, 1, 2.5, True):
+        with pytest.raises(InputError, match="quantize_levels"):
+            id_score(model, raw, sal, quantize_levels=bad, **kwargs)

@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import EngineError
 from .preprocess.decode import IMAGE_SUFFIXES as IMAGE_SUFFIXES
-from .preprocess.decode import is_image_file
+from .preprocess.decode import split_image_files
 
 
 def expand_images(paths: list[str], recursive: bool = False) -> tuple[list[Path], int]:
@@ -33,9 +33,8 @@ def expand_images(paths: list[str], recursive: bool = False) -> tuple[list[Path]
     ignored = 0
     for p in map(Path, paths):
         if p.is_dir():
-            files = sorted(f for f in (p.rglob("*") if recursive else p.iterdir()) if f.is_file())
-            images = [f for f in files if is_image_file(f)]
-            ignored += len(files) - len(images)
+            images, others = split_image_files(p, recursive=recursive)
+            ignored += len(others)
             out.extend(images)
         elif not p.exists() and (not p.suffix or str(p).endswith(("/", os.sep))):
             raise EngineError(f"Folder not found: {p}. Check the path (relative paths start at {Path.cwd()}).")

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EngineError, InputError
-from .preprocess.decode import is_image_file
+from .preprocess.decode import is_image_file, list_image_files
 
 __all__ = ["COLUMNS", "explain_dataset", "list_sources", "read_done_paths", "read_results", "rebuild_saliency"]
 
@@ -130,7 +130,7 @@ def list_sources(src: str | os.PathLike | Sequence[str]) -> list[str]:
     else:
         p = Path(src)
         if p.is_dir():
-            items = [str(f) for f in sorted(p.rglob("*")) if f.is_file() and is_image_file(f)]
+            items = [str(f) for f in list_image_files(p, recursive=True)]
         elif not p.is_file():
             raise InputError(f"SRC {p} does not exist. Give a folder of images, or a .txt/.csv/.parquet list of paths.")
         elif p.suffix.lower() in LIST_SUFFIXES:

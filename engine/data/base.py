@@ -21,7 +21,8 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import EngineError
 from ..preprocess import DEFAULT_MAX_PIXELS, load_image
-from ..preprocess.decode import IMAGE_SUFFIXES, is_image_file, list_image_files
+from ..preprocess.decode import IMAGE_SUFFIXES, list_image_files
+from ..preprocess.decode import is_image_file as is_image_file  # re-exported: the readers (folder, voc) use it
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -270,9 +271,7 @@ def image_name(path: Path, root: Path) -> str:
 
 def list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
     """The image files in ``folder``, sorted by their path (recursively when asked)."""
-    if not recursive:
-        return list_image_files(folder)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    return list_image_files(folder, recursive=recursive)
 
 
 def require_file(path: Path, what: str, layout: str) -> Path:

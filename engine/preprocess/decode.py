@@ -30,6 +30,7 @@ __all__ = [
     "SOURCE_SIZE_KEY",
     "is_image_file",
     "list_image_files",
+    "split_image_files",
     "load_image",
 ]
 
@@ -56,9 +57,17 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def list_image_files(folder: Path) -> list[Path]:
-    """The image files directly in ``folder`` (not recursive, hidden files skipped), sorted by path."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+def split_image_files(folder: Path, *, recursive: bool = False) -> tuple[list[Path], list[Path]]:
+    """The files in ``folder`` (and its subfolders with ``recursive``), sorted by path, split into
+    ``(image files, other files)`` by :func:`is_image_file` (hidden files count as others)."""
+    files = sorted(p for p in (folder.rglob("*") if recursive else folder.iterdir()) if p.is_file())
+    images = [p for p in files if is_image_file(p)]
+    return images, [p for p in files if not is_image_file(p)]
+
+
+def list_image_files(folder: Path, *, recursive: bool = False) -> list[Path]:
+    """The image files in ``folder`` (and its subfolders with ``recursive``; hidden files skipped), sorted by path."""
+    return split_image_files(folder, recursive=recursive)[0]
 
 
 # --------------------------------------------------------------------------------------------------------------------

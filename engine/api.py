@@ -24,7 +24,14 @@ from .config import RESIZE_MODES
 from .errors import EngineError, InputError
 from .explanation import Explanation, FailedExplanation
 from .numeric import softmax
-from .preprocess import DEFAULT_MAX_PIXELS, SOURCE_SIZE_KEY, Preprocessor, load_image, saliency_to_image
+from .preprocess import (
+    DEFAULT_MAX_PIXELS,
+    SOURCE_SIZE_KEY,
+    Preprocessor,
+    jpeg_draft_size,
+    load_image,
+    saliency_to_image,
+)
 
 EXPLAIN_RESIZE_MODE: str | None = None
 """How :class:`Engine` feeds a photo to the network unless told otherwise: None, the artifact's own transform (the
@@ -80,6 +87,7 @@ class Engine:
         if resize_mode not in (None, "artifact"):
             pre = dataclasses.replace(pre, resize_mode=resize_mode)
         self.preprocessor = Preprocessor(pre)
+        self._draft = jpeg_draft_size(pre.input_size)
         self.class_names = artifact.class_names
         self.max_pixels = max_pixels
         self.batch_size = batch_size
@@ -192,7 +200,7 @@ class Engine:
             for i, img in enumerate(chunk):
                 t0 = time.perf_counter()
                 try:
-                    decoded.append((i, load_image(img, max_pixels=self.max_pixels, draft=self._draft_size)))
+                    decoded.append((i, load_image(img, max_pixels=self.max_pixels, draft=self._draft)))
                 except EngineError as e:
                     if on_error == "raise":
                         raise
@@ -218,42 +226,8 @@ class Engine:
 
     def resolve_target(self, target: int | str | None) -> int:
         """A class id, a class name (case-insensitive) or None -> the class id the graph takes (-1: the predicted one).
-
-        Raises:
-            InputError: the name matches no class (the message suggests close names), or the value is neither.
-        """
-        if target is None:
-            return -1
-        if isinstance(target, (bool, np.bool_)):
-            raise InputError(f"target must be a class id or a class name, got {target!r}.")
-        if isinstance(target, (int, np.integer)):
-            return int(target)
-        if not isinstance(target, str):
-            raise InputError(f"target must be a class id, a class name or None, got a {type(target).__name__}.")
-        text = target.strip()
-        if text.lstrip("-").isdigit():
-            return int(text)
-        lowered = {}
-        for i, name in enumerate(self.class_names):
-            lowered.setdefault(name.lower(), i)
-        if text.lower() in lowered:
-            return lowered[text.lower()]
-        close = difflib.get_close_matches(text.lower(), list(lowered), n=5, cutoff=0.6)
-        hint = f" Close names: {', '.join(repr(self.class_names[lowered[c]]) for c in close)}." if close else ""
-        raise InputError(
-            f"target {target!r} is not a class name of artifact {self.artifact.name!r} ({len(self.class_names)} "
-            f"classes).{hint} List them with: xai-engine info {self._artifact_ref()} --classes"
-        )
-
-    def _artifact_ref(self) -> str:
-        path = getattr(self.artifact, "path", None)
-        return str(path) if path is not None else self.artifact.name
-
-    @property
-    def _draft_size(self) -> tuple[int, int]:
-        """The decoded size a JPEG needs at least (twice the network input): larger JPEGs decode reduced."""
-        height, width = self.preprocessor.config.input_size
-        return 2 * width, 2 * height
+        See :func:`resolve_target`."""
+        return resolve_target(self.artifact, target)
 
     def _explain_decoded(self, decoded, targets, top_k, keep_image, sources, decode_ms) -> list[Explanation]:
         batch_parts, metas, pre_ms = [], [], []
@@ -323,6 +297,39 @@ class Engine:
             f"Engine({self.artifact.name!r}, backend={self.backend.name!r}, "
             f"precision={self.backend.effective_precision!r})"
         )
+
+
+def resolve_target(artifact: Artifact, target: int | str | None) -> int:
+    """A class id, a class name of ``artifact`` (case-insensitive) or None -> the class id an explain graph takes
+    (-1: the predicted class). Needs no backend: callers check a target before any work.
+
+    Raises:
+        InputError: the name matches no class (the message suggests close names), or the value is neither.
+    """
+    if target is None:
+        return -1
+    if isinstance(target, (bool, np.bool_)):
+        raise InputError(f"target must be a class id or a class name, got {target!r}.")
+    if isinstance(target, (int, np.integer)):
+        return int(target)
+    if not isinstance(target, str):
+        raise InputError(f"target must be a class id, a class name or None, got a {type(target).__name__}.")
+    text = target.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    names = artifact.class_names
+    lowered: dict[str, int] = {}
+    for i, name in enumerate(names):
+        lowered.setdefault(name.lower(), i)
+    if text.lower() in lowered:
+        return lowered[text.lower()]
+    close = difflib.get_close_matches(text.lower(), list(lowered), n=5, cutoff=0.6)
+    hint = f" Close names: {', '.join(repr(names[lowered[c]]) for c in close)}." if close else ""
+    ref = str(artifact.path) if artifact.path is not None else artifact.name
+    raise InputError(
+        f"target {target!r} is not a class name of artifact {artifact.name!r} ({len(names)} classes).{hint} "
+        f"List them with: xai-engine info {ref} --classes"
+    )
 
 
 def _source_name(image: Any) -> str | None:

@@ -545,16 +545,15 @@ class _ExplainActor:
 
 
 def _run_ray(ray, address, pending, out, settings, part_size, actors, gpus_per_actor, cpus_per_actor, progress) -> dict:
-    from .api import Engine
+    from .api import resolve_target
     from .artifact import default_artifact_path, load_artifact
+    from .preprocess import jpeg_draft_size
 
     art = load_artifact(settings["artifact"] or default_artifact_path(), verify=False)
-    # a bad class name fails here, before Ray starts; the actors get the class id (no backend is opened for this)
-    target = Engine(art, None, resize_mode=settings["resize_mode"]).resolve_target(settings["target"])  # type: ignore[arg-type]
+    target = resolve_target(art, settings["target"])  # a bad class name fails here, before Ray starts
     folder = str(art.path.resolve()) if art.path else settings["artifact"]  # the actors may run in another folder
     settings = {**settings, "target": None if target < 0 else target, "artifact": folder}
-    height, width = art.preprocess.input_size
-    draft = (2 * width, 2 * height)  # as Engine._draft_size
+    draft = jpeg_draft_size(art.preprocess.input_size)
     decode_cpus = 0.5 if cpus_per_actor != 0.5 else 0.25
     needed = actors * cpus_per_actor + decode_cpus  # the actors hold their CPUs: the decode tasks need some left
     if not ray.is_initialized():

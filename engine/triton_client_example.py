@@ -28,7 +28,14 @@ import numpy as np
 
 from engine.config import PreprocessConfig
 from engine.numeric import softmax
-from engine.preprocess import DEFAULT_MAX_PIXELS, ImageMeta, Preprocessor, load_image, saliency_to_image
+from engine.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    ImageMeta,
+    Preprocessor,
+    jpeg_draft_size,
+    load_image,
+    saliency_to_image,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -68,8 +75,7 @@ def make_batch(
         ``(batch, metas, decoded)``: float32 ``(B, 3, H, W)``, one ImageMeta per image, the decoded RGB images.
     """
     pre = Preprocessor(preprocess)
-    height, width = preprocess.input_size
-    draft = (2 * width, 2 * height)  # JPEGs at least twice the input decode reduced, as in Engine
+    draft = jpeg_draft_size(preprocess.input_size)  # JPEGs at least twice the input decode reduced, as in Engine
     decoded = [load_image(img, max_pixels=max_pixels, draft=draft) for img in images]
     parts, metas = [], []
     for image in decoded:

@@ -11,7 +11,15 @@ Three parts:
   region of the original image.
 """
 
-from .decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, SOURCE_SIZE_KEY, is_image_file, list_image_files, load_image
+from .decode import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    SOURCE_SIZE_KEY,
+    is_image_file,
+    jpeg_draft_size,
+    list_image_files,
+    load_image,
+)
 from .decode import _to_rgb as _to_rgb  # private, re-exported: imported from engine.preprocess by older tests
 from .postprocess import saliency_to_image
 from .transform import ImageMeta, Preprocessor
@@ -23,6 +31,7 @@ __all__ = [
     "ImageMeta",
     "Preprocessor",
     "is_image_file",
+    "jpeg_draft_size",
     "list_image_files",
     "load_image",
     "saliency_to_image",

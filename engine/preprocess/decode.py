@@ -29,6 +29,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "SOURCE_SIZE_KEY",
     "is_image_file",
+    "jpeg_draft_size",
     "list_image_files",
     "split_image_files",
     "load_image",
@@ -55,6 +56,13 @@ _WHITE = (255, 255, 255, 255)
 def is_image_file(path: Path) -> bool:
     """Whether ``path`` names an image file by its suffix (:data:`IMAGE_SUFFIXES`) and is not a hidden file."""
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def jpeg_draft_size(input_size: tuple[int, int]) -> tuple[int, int]:
+    """The ``(width, height)`` a JPEG must keep when decoded for a network input of ``input_size = (height, width)``:
+    twice the input, so larger JPEGs decode reduced (``load_image(draft=...)``) with room for the resize."""
+    height, width = input_size
+    return 2 * width, 2 * height
 
 
 def split_image_files(folder: Path, *, recursive: bool = False) -> tuple[list[Path], list[Path]]:

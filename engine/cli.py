@@ -158,7 +158,13 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
             f"{summary['seconds']} s ({summary['mode']})",
             file=sys.stderr,
         )
-    return 1 if summary["errors"] else 0
+        if summary["errors_total"]:
+            print(
+                f"{summary['errors_total']} image(s) in {summary['out']} have an error row (read them with "
+                "engine.dataset.read_results; the 'error' column says why)",
+                file=sys.stderr,
+            )
+    return 1 if summary["errors_total"] else 0  # the output as a whole, so a rerun after a failure still says so
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import numpy as np
 from .errors import EngineError, InputError
 from .preprocess.decode import is_image_file, list_image_files
 
-__all__ = ["COLUMNS", "explain_dataset", "list_sources", "read_done_paths", "read_results", "rebuild_saliency"]
+__all__ = ["COLUMNS", "explain_dataset", "list_sources", "read_done_paths", "read_error_paths", "read_results", "rebuild_saliency"]
 
 RAY_INSTALL = 'pip install "xai-engine[ray]"'
 PART_PREFIX = "part-"
@@ -208,6 +208,16 @@ def read_done_paths(out: str | os.PathLike) -> set[str]:
     return done
 
 
+def read_error_paths(out: str | os.PathLike) -> set[str]:
+    """The ``path`` of every row in ``out`` whose ``error`` is set (images that failed, in this run or earlier)."""
+    pa = _require_pyarrow()
+    failed: set[str] = set()
+    for part in _part_files(Path(out)):
+        table = pa.parquet.read_table(part, columns=["path", "error"]).to_pydict()
+        failed.update(p for p, e in zip(table["path"], table["error"]) if e is not None)
+    return failed
+
+
 def read_results(out: str | os.PathLike) -> list[dict[str, Any]]:
     """Every row in ``out``, as dicts (for large outputs read the folder with pyarrow, pandas or ray.data instead)."""
     pa = _require_pyarrow()
@@ -357,8 +367,10 @@ def explain_dataset(
         progress: show progress (tqdm in-process, Ray Data's bars on Ray).
 
     Returns:
-        A summary: ``images`` (in src), ``already_done`` (skipped), ``explained``, ``errors``, ``parts_written``,
-        ``seconds``, ``images_per_s`` (explained + errors per second of this run), ``out``, ``mode``.
+        A summary: ``images`` (in src), ``already_done`` (skipped), ``explained``, ``errors`` (error rows written by
+        this run), ``errors_total`` (error rows in ``out`` for images in src, this run's and earlier runs'; the CLI
+        exits 1 when it is not 0), ``parts_written``, ``seconds``, ``images_per_s`` (explained + errors per second of
+        this run), ``out``, ``mode``.
     """
     _require_pyarrow()
     if batch_size < 1 or part_size < 1 or actors < 1:
@@ -397,10 +409,12 @@ def explain_dataset(
         )
     seconds = time.perf_counter() - t0
     n = counts["explained"] + counts["errors"]
+    listed = set(sources)
     return {
         "images": len(sources),
         "already_done": len(sources) - len(todo),
         **counts,
+        "errors_total": len(read_error_paths(out) & listed),
         "remaining": len(todo) - n,
         "seconds": round(seconds, 3),
         "images_per_s": round(n / seconds, 2) if n and seconds > 0 else 0.0,

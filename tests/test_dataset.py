@@ -71,10 +71,12 @@ def test_cli_in_process_writes_parquet_with_error_rows(images, tmp_path, capsys)
     rows = _check_complete(out, images)
     assert pq.read_schema(next(out.glob("part-*.parquet"))).field("saliency_lowres").type == pa.list_(pa.float16())
     assert all((tmp_path / "png" / r["overlay"]).is_file() for r in rows if r["error"] is None)
-    # a rerun finds everything written and explains nothing
-    assert main([*argv, "--json", "--quiet"]) == 0
+    assert summary["errors_total"] == 1
+    # a rerun finds everything written and explains nothing; its exit status still reports the earlier error row
+    assert main([*argv, "--json", "--quiet"]) == 1
     again = json.loads(capsys.readouterr().out)
     assert again["already_done"] == 21 and again["explained"] == again["errors"] == again["parts_written"] == 0
+    assert again["errors_total"] == 1
     assert len(_rows(out)) == 21
 
 
@@ -208,8 +210,10 @@ def test_ray_local_two_actors_killed_and_resumed(images, tmp_path):
     assert 2 <= len(before) < 21, (tmp_path / "first.log").read_text()[-2000:]
     assert len(before) % 2 == 0 or len(before) == 21  # whole parts only
     second = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 1, second.stderr[-2000:]  # 1: the broken image has an error row
+    # 1: the broken image has an error row, written by this run or by the killed one
+    assert second.returncode == 1, second.stderr[-2000:]
     summary = json.loads(second.stdout)
+    assert summary["errors_total"] == 1
     assert summary["already_done"] == len(before) and summary["explained"] + summary["errors"] == 21 - len(before)
     assert summary["mode"].startswith("ray")
     rows = _check_complete(out, images)

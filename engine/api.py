@@ -226,8 +226,11 @@ class Engine:
 
     def resolve_target(self, target: int | str | None) -> int:
         """A class id, a class name (case-insensitive) or None -> the class id the graph takes (-1: the predicted one).
-        See :func:`resolve_target`."""
-        return resolve_target(self.artifact, target)
+        See :func:`resolve_target`; an id out of the model's range is refused here too, before any work."""
+        cid = resolve_target(self.artifact, target)
+        if not -1 <= cid < self.backend._class_bound():
+            raise self.backend._range_error([cid])
+        return cid
 
     def _explain_decoded(self, decoded, targets, top_k, keep_image, sources, decode_ms) -> list[Explanation]:
         batch_parts, metas, pre_ms = [], [], []

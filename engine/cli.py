@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,6 +168,52 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
     return 1 if summary["errors_total"] else 0  # the output as a whole, so a rerun after a failure still says so
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    from . import serve
+
+    url = serve.start(
+        args.artifact,
+        host=args.host,
+        port=args.port,
+        ray_address=None if args.ray == "local" else args.ray,
+        replicas=args.replicas,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        cpus_per_replica=args.cpus_per_replica,
+        gpus_per_replica=args.gpus_per_replica,
+        backend=args.backend,
+        device=args.device,
+        precision=args.precision,
+        threads=args.threads,
+        max_bytes=args.max_bytes,
+        max_pixels=args.max_pixels if args.max_pixels > 0 else None,
+        resize_mode=args.resize_mode,
+    )
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    print(
+        f"serving on {url} with {args.replicas} replica(s), batches of up to {args.max_batch} "
+        f"(waiting up to {args.batch_wait_ms} ms); try:\n"
+        f"  curl --data-binary @examples/golden_retriever.jpg '{url}/explain?saliency=png'\n"
+        f"ready: {url}/readyz   health: {url}/healthz   Ctrl-C stops.",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr, flush=True)
+    finally:
+        serve.stop()
+    return 0
+
+
 def parse_options(pairs: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs to a dict; values are read as JSON where they parse (``true``, ``3``), else strings."""
     options: dict[str, Any] = {}
@@ -317,6 +364,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .backends.registry import BACKENDS, all_devices, all_precisions, export_formats
+    from .serve import DEFAULT_MAX_BYTES
 
     parser = argparse.ArgumentParser(prog="xai-engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -438,6 +486,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_explain_dataset)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve explanations over HTTP with Ray Serve: POST /explain (an image) -> JSON class, scores, saliency",
+    )
+    p.add_argument("artifact", nargs="?", default=None, help="artifact folder or built-in name (default: embedded)")
+    p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas, one Engine each")
+    p.add_argument("--max-batch", type=int, default=8, help="most requests per backend call (dynamic batching)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--ray", default="local", metavar="ADDRESS|local", help="Ray cluster to run on (default: local)")
+    p.add_argument("--cpus-per-replica", type=float, default=1)
+    p.add_argument("--gpus-per-replica", type=float, default=0)
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
+    p.add_argument("--device", default="auto", choices=["auto", *all_devices()])
+    p.add_argument("--precision", default=None, choices=all_precisions())
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads per replica")
+    p.add_argument("--resize-mode", default="artifact", choices=["artifact", "letterbox", "squash", "crop"])
+    p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest request body (else 413)")
+    p.add_argument("--max-pixels", type=int, default=64_000_000, help="largest image to decode (0: no limit)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -31,7 +31,15 @@ import numpy as np
 from .errors import EngineError, InputError
 from .preprocess.decode import is_image_file, list_image_files
 
-__all__ = ["COLUMNS", "explain_dataset", "list_sources", "read_done_paths", "read_error_paths", "read_results", "rebuild_saliency"]
+__all__ = [
+    "COLUMNS",
+    "explain_dataset",
+    "list_sources",
+    "read_done_paths",
+    "read_error_paths",
+    "read_results",
+    "rebuild_saliency",
+]
 
 RAY_INSTALL = 'pip install "xai-engine[ray]"'
 PART_PREFIX = "part-"
@@ -214,7 +222,7 @@ def read_error_paths(out: str | os.PathLike) -> set[str]:
     failed: set[str] = set()
     for part in _part_files(Path(out)):
         table = pa.parquet.read_table(part, columns=["path", "error"]).to_pydict()
-        failed.update(p for p, e in zip(table["path"], table["error"]) if e is not None)
+        failed.update(p for p, e in zip(table["path"], table["error"], strict=True) if e is not None)
     return failed
 
 

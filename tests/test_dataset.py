@@ -184,8 +184,9 @@ def test_bad_target_name_is_a_usage_error(images, tmp_path, capsys, extra):
 
 def test_import_engine_does_not_import_ray_or_pyarrow():
     code = (
-        "import sys, engine, engine.cli, engine.dataset; from engine.cli import build_parser; build_parser(); "
-        "bad = [m for m in ('ray', 'pyarrow') if m in sys.modules]; assert not bad, bad"
+        "import sys, engine, engine.cli, engine.dataset, engine.serve; from engine.cli import build_parser; "
+        "build_parser(); "
+        "bad = [m for m in ('ray', 'pyarrow', 'starlette') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 

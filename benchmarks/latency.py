@@ -969,7 +969,19 @@ def parse_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
+    """Command-line entry point (``--device cuda [ARGS]`` runs ``benchmarks/latency_gpu.py ARGS``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--device" in argv:
+        i = argv.index("--device")
+        device = argv[i + 1] if i + 1 < len(argv) else ""
+        del argv[i : i + 2]
+        if device == "cuda":
+            import latency_gpu  # beside this file; imports this module for the model builders
+
+            return latency_gpu.main(argv)
+        if device != "cpu":
+            print(f"latency.py: error: --device must be cpu or cuda, got {device!r}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = parse_settings(args, parser)

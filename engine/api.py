@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .artifact import Artifact, default_artifact_path, load_artifact
-from .backends import Backend, get_backend_class, select_backend
+from .backends import Backend, check_backend_options, get_backend_class, select_backend
 from .config import RESIZE_MODES
 from .errors import EngineError, InputError
 from .explanation import Explanation, FailedExplanation
@@ -105,6 +105,7 @@ class Engine:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         batch_size: int = 8,
         resize_mode: str | None = EXPLAIN_RESIZE_MODE,
+        backend_options: dict[str, Any] | None = None,
     ) -> Engine:
         """Open an artifact.
 
@@ -125,17 +126,24 @@ class Engine:
                 undistorted, padded with the mean colour; the map covers the whole photo), ``"squash"`` (the whole
                 photo, stretched), ``"crop"`` (the classifier's centre crop; the map is 0 outside it, and the
                 overlay draws the box).
+            backend_options: the chosen backend's own options (``Backend.options``), e.g. for torch on CUDA
+                ``{"cuda_graphs": True, "compile": True, "autocast": True}``, for ONNX Runtime on CUDA
+                ``{"tensorrt_ep": True, "allow_cpu_fallback": False}``. An option the backend does not take is an
+                error that lists the ones it does.
         """
         if artifact is None:
             artifact = default_artifact_path()
         art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
-        name = select_backend(art, backend)
-        runner = get_backend_class(name)(
+        name = select_backend(art, backend, device)
+        backend_cls = get_backend_class(name)
+        check_backend_options(backend_cls, backend_options or {})
+        runner = backend_cls(
             art,
             precision=precision or art.precision,
             device=device,
             threads=threads,
             allow_version_mismatch=allow_version_mismatch,
+            **(backend_options or {}),
         )
         return cls(art, runner, max_pixels=max_pixels, batch_size=batch_size, resize_mode=resize_mode)
 

@@ -61,25 +61,44 @@ def get_backend_class(name: str) -> type[Backend]:
     return spec.load_class()
 
 
-def select_backend(artifact: Artifact, requested: str = "auto") -> str:
+def select_backend(artifact: Artifact, requested: str = "auto", device: str = "auto") -> str:
     """The backend to run ``artifact`` on.
 
-    ``auto`` tries the backends in their registry order (``auto_rank``: OpenVINO, then ONNX Runtime, then torch) and
-    takes the first whose runtime is installed and which can run a file the artifact has (torch needs none). Without
-    torch (the edge install) it never picks torch.
+    ``auto`` tries the backends in their registry order (``auto_rank``) among those that run on the device in use,
+    and takes the first that is installed and can run a file the artifact has (torch needs none):
+
+    * on a CUDA GPU (``device="cuda"``, or ``"auto"`` where the driver sees one): TensorRT (a ``model.plan`` built
+      for this GPU), then ONNX Runtime with CUDA (onnxruntime-gpu), then torch on CUDA;
+    * on the CPU: OpenVINO, then ONNX Runtime, then torch. Without torch (the edge install) it never picks torch.
 
     Raises:
         BackendUnavailableError: no installed backend can run the artifact (the message says what to install or
-            export).
+            export), or none runs it on the CUDA GPU that ``device="cuda"`` asks for.
     """
     if requested != "auto":
         get_backend_class(requested)  # raises with the install hint
         return requested
+    from .gpu import cuda_gpu_present
+
     ranked = sorted((s for s in BACKENDS.values() if s.auto_rank is not None), key=lambda s: s.auto_rank)
-    for spec in ranked:
-        if (not spec.reads or any(artifact.has(f) for f in spec.reads)) and spec.available():
+    runs = [s for s in ranked if not s.reads or any(artifact.has(f) for f in s.reads)]
+    if str(device).startswith("cuda") or (device == "auto" and cuda_gpu_present()):
+        for spec in runs:
+            if spec.runs_on_cuda_here():
+                return spec.name
+        if device != "auto":
+            gpu = ", ".join(s.name for s in ranked if "cuda" in s.devices)
+            raise BackendUnavailableError(
+                f"device={device!r} was asked for, but no installed backend runs artifact "
+                f"{artifact.path or artifact.name} on a CUDA GPU here (checked: {gpu}). "
+                + ("The NVIDIA driver sees no GPU (check nvidia-smi). " if not cuda_gpu_present() else "")
+                + "On a CUDA machine install onnxruntime-gpu (pip install 'xai-engine[gpu]'), a CUDA build of torch, "
+                "or TensorRT with a plan from export/to_trt.py; or use device='cpu'."
+            )
+    for spec in runs:
+        if "cpu" in spec.devices and spec.available():
             return spec.name
-    raise _no_backend_error(artifact, ranked)
+    raise _no_backend_error(artifact, [s for s in ranked if "cpu" in s.devices])
 
 
 def _no_backend_error(artifact: Artifact, ranked: list[BackendSpec]) -> BackendUnavailableError:
@@ -99,12 +118,27 @@ def _no_backend_error(artifact: Artifact, ranked: list[BackendSpec]) -> BackendU
 
 
 def open_backend(name: str, source: Any, **kwargs: Any) -> Backend:
-    """Open ``source`` (artifact, graph module or ONNX / IR file) on the backend ``name`` (``auto``: artifacts only)."""
+    """Open ``source`` (artifact, graph module or ONNX / IR file) on the backend ``name`` (``auto``: artifacts only).
+    ``kwargs``: the common options (precision, device, threads, ...) and the backend's own (:attr:`Backend.options`).
+    """
     if name == "auto":
         if not isinstance(source, Artifact):
             raise InputError("backend='auto' needs an artifact; name the backend for a module or a file.")
-        name = select_backend(source)
-    return get_backend_class(name)(source, **kwargs)
+        name = select_backend(source, device=kwargs.get("device", "auto"))
+    cls = get_backend_class(name)
+    check_backend_options(cls, {k: v for k, v in kwargs.items() if k not in _COMMON_OPTIONS})
+    return cls(source, **kwargs)
+
+
+_COMMON_OPTIONS = ("precision", "device", "threads", "allow_version_mismatch", "input_size")
+
+
+def check_backend_options(cls: type[Backend], options: dict[str, Any]) -> None:
+    """InputError naming the backend's options when ``options`` holds one it does not take."""
+    unknown = sorted(set(options) - set(cls.options))
+    if unknown:
+        known = ", ".join(cls.options) or "none"
+        raise InputError(f"the {cls.name} backend has no option(s) {', '.join(unknown)}; its options: {known}.")
 
 
 def default_threads() -> int:
@@ -129,6 +163,8 @@ class Backend(ABC):
     """
 
     name = ""
+    options: tuple[str, ...] = ()
+    """Keyword options of this backend beyond the common ones (``Engine.load(backend_options=...)``)."""
 
     def __init__(
         self,

@@ -38,7 +38,10 @@ class BackendSpec:
         script: the export script that users run to make the files (named in error messages).
         precisions: precisions it can run (``Engine.load(precision=...)``).
         devices: devices it can run on.
-        auto_rank: order in which ``backend="auto"`` tries it (lower first); None: never picked by ``auto``.
+        auto_rank: order in which ``backend="auto"`` tries it (lower first) among the backends that run on the
+            device in use (a CUDA GPU when one is usable, else the CPU); None: never picked by ``auto``.
+        cuda_probe: ``"module:function"`` saying whether this backend can run on the CUDA GPU here (installed
+            runtime with its CUDA part); None: ``"cuda" in devices`` is enough once a GPU is usable.
     """
 
     name: str
@@ -55,10 +58,17 @@ class BackendSpec:
     precisions: tuple[str, ...] = ("fp32",)
     devices: tuple[str, ...] = ("cpu",)
     auto_rank: int | None = None
+    cuda_probe: str | None = None
 
     def available(self) -> bool:
         """Whether the runtime package can be imported (without importing it)."""
         return importlib.util.find_spec(self.package) is not None
+
+    def runs_on_cuda_here(self) -> bool:
+        """Whether ``auto`` may pick it for a CUDA GPU: it runs on ``cuda``, is installed, and its probe agrees."""
+        if "cuda" not in self.devices or not self.available():
+            return False
+        return self.cuda_probe is None or bool(_import(self.cuda_probe)())
 
     def load_class(self) -> type:
         return _import(self.cls)
@@ -80,6 +90,7 @@ BACKENDS: dict[str, BackendSpec] = {
             precisions=("fp32", "bf16", "fp16"),
             devices=("cpu", "cuda"),
             auto_rank=100,
+            cuda_probe="engine.backends.gpu:torch_cuda_usable",
         ),
         BackendSpec(
             name="onnxruntime",
@@ -95,6 +106,7 @@ BACKENDS: dict[str, BackendSpec] = {
             precisions=("fp32",),
             devices=("cpu", "cuda"),
             auto_rank=20,
+            cuda_probe="engine.backends.gpu:onnxruntime_cuda_usable",
         ),
         BackendSpec(
             name="openvino",

@@ -8,12 +8,24 @@ once per worker. On the CPU there are ``CPUs // threads`` workers, at least 2: a
 its serial parts, which a second pass fills (8 callers on 2 CPUs, default threads: 2 workers explain as fast as 8
 callers running torch themselves, 1 worker half as fast); ``threads=1`` runs one pass per CPU. One worker on a
 CUDA device.
+
+On a CUDA device (``backend_options`` of :meth:`engine.Engine.load`):
+
+* ``precision="fp16"`` / ``"bf16"`` run under ``torch.autocast`` (``autocast=True``, the default there): the
+  weights stay float32 and torch keeps softmax, normalisations and reductions in float32, which the min-max scaled
+  maps need. ``autocast=False`` casts the whole graph instead (what the CPU does).
+* ``cuda_graphs=True`` captures one CUDA graph per batch size (and with/without targets) on first use, after a
+  warm-up, and replays it: no per-kernel launch cost. A graph that cannot be captured (an op that syncs with the
+  host) falls back to eager for that batch size, with one warning. Outputs are copied out of the graph's memory.
+* ``compile=True`` (or a ``torch.compile`` mode name, e.g. ``"max-autotune-no-cudagraphs"``) compiles the graph
+  first; each new batch size compiles once.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -71,8 +83,73 @@ class _Runner:
             pool.shutdown(wait=True)
 
 
+class _CudaGraphs:
+    """One captured CUDA graph per (batch size, with targets) key, replayed on copies of the inputs."""
+
+    def __init__(self, fn: Callable[..., tuple[Any, ...]], warmup: int = 3) -> None:
+        self.fn = fn
+        self.warmup = warmup
+        self.graphs: dict[tuple[int, bool], Any] = {}
+        self.pool = None
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor | None) -> tuple[Any, ...]:
+        key = (int(images.shape[0]), targets is not None)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(images, targets)
+        entry = self.graphs[key]
+        if entry is None:  # this batch size could not be captured: eager
+            return self.fn(images, targets)
+        static_images, static_targets, graph, outputs = entry
+        static_images.copy_(images)
+        if static_targets is not None:
+            static_targets.copy_(targets)
+        graph.replay()
+        return tuple(None if o is None else o.clone() for o in outputs)
+
+    def _capture(self, images: torch.Tensor, targets: torch.Tensor | None) -> Any:
+        static_images = images.clone()
+        static_targets = None if targets is None else targets.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the default stream (cuDNN autotuning, lazy initialisation)
+            for _ in range(self.warmup):
+                self.fn(static_images, static_targets)
+        torch.cuda.current_stream().wait_stream(side)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()  # one memory pool for every batch size's graph
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=self.pool):
+                outputs = self.fn(static_images, static_targets)
+        except Exception as e:  # noqa: BLE001 - any capture failure means: run this batch size eagerly
+            warnings.warn(
+                f"CUDA graph capture failed for batch {images.shape[0]} ({type(e).__name__}: {e}); this batch size "
+                "runs eagerly.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            torch.cuda.synchronize()
+            return None
+        return static_images, static_targets, graph, outputs
+
+
 class TorchBackend(Backend):
     name = "torch"
+    options = ("autocast", "cuda_graphs", "compile")
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        autocast: bool = True,
+        cuda_graphs: bool = False,
+        compile: bool | str = False,  # noqa: A002 - torch.compile's own name for it
+        **kwargs: Any,
+    ) -> None:
+        self.autocast = bool(autocast)
+        self.cuda_graphs = bool(cuda_graphs)
+        self.compile = compile
+        super().__init__(source, **kwargs)
 
     def _open_impl(self) -> None:
         if self.path is not None:
@@ -88,19 +165,41 @@ class TorchBackend(Backend):
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise EngineError("device='cuda' was asked for but this torch has no CUDA device; use device='cpu'.")
-        self.dtype = _DTYPES[self.precision]
+        on_cuda = self.device.startswith("cuda")
+        if self.cuda_graphs and not on_cuda:
+            raise InputError("cuda_graphs=True needs device='cuda'; CUDA graphs do not exist on the CPU.")
+        # on CUDA, fp16/bf16 run under autocast with float32 weights; elsewhere (or autocast=False) the graph is cast
+        self._autocast_dtype = (
+            _DTYPES[self.precision] if on_cuda and self.autocast and self.precision != "fp32" else None
+        )
+        self.dtype = torch.float32 if self._autocast_dtype is not None else _DTYPES[self.precision]
         self.graph.to(self.device, self.dtype)
+        self._module = self.graph
+        if self.compile:
+            mode = self.compile if isinstance(self.compile, str) else None
+            self._module = torch.compile(self.graph, mode=mode, dynamic=False)
         if self.device == "cpu":
             torch.set_num_threads(self.threads)  # once, here: process-wide, read by every thread that runs torch
         workers = max(2, default_threads() // self.threads) if self.device == "cpu" else 1
         self._runner = _Runner(workers)
+        self._graphs = _CudaGraphs(self._device_forward) if self.cuda_graphs else None
+
+    def _device_forward(self, x: torch.Tensor, targets: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """The graph on inputs already on the device (the function a CUDA graph captures)."""
+        with torch.inference_mode():
+            if self._autocast_dtype is not None:
+                with torch.autocast("cuda", dtype=self._autocast_dtype):
+                    out = self._module(x) if targets is None else self._module(x, targets)
+            else:
+                out = self._module(x) if targets is None else self._module(x, targets)
+        return (out, None) if targets is None else tuple(out)
 
     def _forward(self, images: torch.Tensor, targets: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         x = images.to(self.device, self.dtype)
-        with torch.inference_mode():
-            if targets is None:
-                return self.graph(x), None
-            return self.graph(x, targets.to(self.device))
+        t = None if targets is None else targets.to(self.device)
+        if self._graphs is not None:
+            return self._graphs(x.contiguous(), t)
+        return self._device_forward(x, t)
 
     def _forward_numpy(self, images: np.ndarray, targets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         logits, saliency = self._forward(

@@ -20,7 +20,9 @@ every runtime; ViT-B/16 ViT-ReciproCAM at batch 1 ≤ 4.3 ms. Writes JSON and CS
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
+import signal
 import statistics
 import sys
 import time
@@ -58,6 +60,7 @@ COLUMNS = [
     "ratio",
     "median_pair_ratio",
     "max_abs_logit_diff",
+    "weights",
     "gpu",
     "status",
 ]
@@ -119,28 +122,42 @@ def call(backend, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def time_pairs(backends: dict[str, Any], x: torch.Tensor, repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Warm up, then rounds of one call per graph (classify first), timed with a synchronise after each."""
+def time_pairs(
+    backends: dict[str, Any], x: torch.Tensor, repeats: int, warmup: int, reference_repeats: int
+) -> dict[str, list[float]]:
+    """Warm up, then rounds of one call per graph (classify first), timed with a synchronise after each; the
+    reference form (N masked copies: slow) takes part in the first ``reference_repeats`` rounds only."""
     for backend in backends.values():
         for _ in range(warmup):
             call(backend, x)
     times: dict[str, list[float]] = {k: [] for k in backends}
-    for _ in range(repeats):
+    for r in range(repeats):
         for impl, backend in backends.items():
+            if impl == "reference" and r >= reference_repeats:
+                continue
             t0 = time.perf_counter()
             call(backend, x)
             times[impl].append((time.perf_counter() - t0) * 1e3)
     return times
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def run(args: argparse.Namespace, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Measure every model x precision x runtime x batch, appending to ``records`` (kept if interrupted)."""
     gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (dry run)"
-    records: list[dict[str, Any]] = []
     specs = [MODELS[m] for m in args.models if m in MODELS]
     specs += [artifact_spec(str(EXTRA_ARTIFACTS[m])) for m in args.models if m in EXTRA_ARTIFACTS]
     for spec in specs:
+        weights = spec.weights
         try:
-            built = build_model(spec, args.seed, chunk_size=args.chunk_size)
+            try:
+                built = build_model(spec, args.seed, chunk_size=args.chunk_size)
+            except Exception:
+                if spec.artifact is not None or spec.weights != "package":
+                    raise
+                # the weight package is not installed (a bare GPU machine): the same network with seeded random
+                # weights times the same; the rows say so
+                weights = "random (weight package absent)"
+                built = build_model(dataclasses.replace(spec, weights="random"), args.seed, args.chunk_size)
         except Exception as e:  # noqa: BLE001 - a model that cannot be built here (weights missing) is a row
             records.append({"model": spec.key, "status": f"skipped: {type(e).__name__}: {e}", "gpu": gpu})
             log(f"{spec.key}: skipped ({e})")
@@ -169,7 +186,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     x = torch.from_numpy(x_np).to(DEVICE)
                     run_impls = {i: b for i, b in backends.items() if i != "reference" or batch in args.ref_batches}
                     log(f"{spec.key} {runtime} {precision} batch {batch}: {', '.join(run_impls)}")
-                    times = time_pairs(run_impls, x, args.repeats, args.warmup)
+                    times = time_pairs(run_impls, x, args.repeats, args.warmup, args.reference_repeats)
                     ref_logits = call(run_impls["classify"], x).float()
                     cls_med = statistics.median(times["classify"])
                     for impl, ts in times.items():
@@ -186,10 +203,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                                 "p95_ms": round(percentile(ts, 95), 4),
                                 "ratio": round(statistics.median(ts) / cls_med, 4),
                                 "median_pair_ratio": round(
-                                    statistics.median(t / c for t, c in zip(ts, times["classify"], strict=True)), 4
+                                    statistics.median(t / c for t, c in zip(ts, times["classify"], strict=False)), 4
                                 ),
                                 "max_abs_logit_diff": float((logits - ref_logits).abs().max()),
                                 "gpu": gpu,
+                                "weights": weights,
                                 "status": "ok",
                                 "times_ms": [round(t, 4) for t in ts],
                             }
@@ -231,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-batches", default="1,8", help="batches that also time the reference form")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--reference-repeats", type=int, default=5, help="timed calls of the (slow) reference form")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk-size", type=int, default=64, help="masked copies per reference forward")
     p.add_argument("--quick", action="store_true", help="batch 1 and 8, 10 repeats: a smoke run")
@@ -256,9 +275,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.batches, args.repeats, args.warmup = [b for b in args.batches if b <= 8] or [1], 10, 3
     torch.backends.cudnn.benchmark = True
+
+    def _stop(signum, frame):  # a timeout's SIGTERM: write the rows measured so far
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
     status, records = 0, []
     try:
-        records = run(args)
+        records = run(args, records)
     except (KeyboardInterrupt, Exception):  # noqa: BLE001 - keep what was measured
         traceback.print_exc()
         status = 1

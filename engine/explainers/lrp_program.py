@@ -166,7 +166,11 @@ class Conv(Node):
         w, b = self.weights()
         c = self.conv
         pads = self.pads((x.shape[-2], x.shape[-1]))
-        ap = pad(torch.ones_like(x) if ones else x, pads)
+        a = torch.ones_like(x) if ones else x
+        if pads[0] == pads[1] and pads[2] == pads[3] and tuple(c.stride) == (1, 1):  # the convs pad (no Pad/Slice)
+            fwd, bwd = conv_ops(c.stride, c.dilation, c.groups, (a.shape[-2], a.shape[-1]), (pads[2], pads[0]))
+            return linear_rule(a, r, w, b, fwd, bwd, ctx.rules, self.nonneg or ones)
+        ap = pad(a, pads)
         fwd, bwd = conv_ops(c.stride, c.dilation, c.groups, (ap.shape[-2], ap.shape[-1]))
         return crop(linear_rule(ap, r, w, b, fwd, bwd, ctx.rules, self.nonneg or ones), pads)
 

@@ -5,20 +5,28 @@ class).
         --images examples/ --out docs/tame_vs_reciprocam.jpg
     python benchmarks/overlays.py --artifact default --resize-mode crop --resize-mode letterbox \
         --images examples/ --out docs/examples_overlay.jpg
+
+:func:`map_sheet` draws the same kind of sheet from maps already computed (e.g. the quality benchmark's cached maps,
+baselines included), over the network inputs they were computed on.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from engine import Engine
 from engine.errors import EngineError
+from engine.explanation import colormap_lut
 from engine.fileio import atomic_write
 from engine.preprocess.decode import list_image_files
+
+LABEL_H = 18
 
 
 def collect(paths: list[str]) -> list[Path]:
@@ -45,7 +53,7 @@ def grid(
 ) -> Image.Image:
     """Overlays of every image (rows) by every artifact and resize mode (columns), each tile captioned with method
     (and mode, when there are several) and class; photos keep their aspect ratio inside the tile."""
-    label_h = 18
+    label_h = LABEL_H
     columns = [(name, mode) for name in artifacts for mode in modes]
     sheet = Image.new("RGB", (tile * len(columns), (tile + label_h) * len(images)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -58,6 +66,52 @@ def grid(
             sheet.paste(ov, (x + (tile - ov.width) // 2, y + label_h + (tile - ov.height) // 2))
             caption = f"{exp.method}{f' ({mode})' if len(modes) > 1 else ''}: {exp.class_name} {exp.score:.2f}"
             draw.text((x + 3, y + 3), caption[: int(tile / 5.6)], fill="black")
+    return sheet
+
+
+def map_sheet(
+    images: Sequence[Image.Image],
+    maps: Mapping[str, np.ndarray],
+    row_labels: Sequence[str] | None = None,
+    tile: int = 160,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    upper_percentile: float | None = None,
+) -> Image.Image:
+    """Overlays of precomputed maps: one row per image, a first column with the image itself (captioned with its
+    row label), then one column per method, each tile captioned with the method.
+
+    Args:
+        images: the images the maps belong to (e.g. the network inputs), any size; each is resized to the tile.
+        maps: method -> maps (N, h, w), one per image, any range: each map is min-max scaled (a constant map shows
+            as 0) and resized bilinearly to the tile, then coloured and blended as ``Explanation.overlay`` does.
+        row_labels: a caption per row (e.g. the true class), shown on the image column.
+        tile: tile side in pixels.
+        alpha: the heat map's weight.
+        colormap: ``"jet"`` or ``"turbo"``.
+        upper_percentile: for display only, scale each map to this percentile of its values instead of its maximum
+            (values above show as the maximum), so that a few extreme pixels (LRP) do not leave the rest dark.
+    """
+    lut = colormap_lut(colormap)
+    methods = list(maps)
+    sheet = Image.new("RGB", (tile * (1 + len(methods)), (tile + LABEL_H) * len(images)), "white")
+    draw = ImageDraw.Draw(sheet)
+    chars = int(tile / 5.6)
+    for row, image in enumerate(images):
+        base = image.convert("RGB").resize((tile, tile), Image.Resampling.BILINEAR)
+        y = row * (tile + LABEL_H)
+        sheet.paste(base, (0, y + LABEL_H))
+        draw.text((3, y + 3), (row_labels[row] if row_labels else "")[:chars], fill="black")
+        for col, method in enumerate(methods, start=1):
+            m = np.asarray(maps[method][row], dtype=np.float32)
+            top = float(m.max() if upper_percentile is None else np.percentile(m, upper_percentile))
+            span = top - float(m.min())
+            m = np.clip((m - m.min()) / span, 0.0, 1.0) if span > 0 else np.zeros_like(m)
+            small = Image.fromarray(m).resize((tile, tile), Image.Resampling.BILINEAR)
+            index = np.rint(np.clip(np.asarray(small), 0.0, 1.0) * 255.0).astype(np.intp)
+            heat = Image.fromarray(np.ascontiguousarray(lut[index]))
+            sheet.paste(Image.blend(base, heat, float(alpha)), (col * tile, y + LABEL_H))
+            draw.text((col * tile + 3, y + 3), method[:chars], fill="black")
     return sheet
 
 

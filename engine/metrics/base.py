@@ -325,8 +325,11 @@ class BatchRunner:
     model calls is ceil(total images / batch_size).
     """
 
-    def __init__(self, model: ModelFn, batch_size: int) -> None:
+    def __init__(self, model: ModelFn, batch_size: int, device: torch.device | None = None) -> None:
+        """``device``: None, the model takes NumPy float32 batches; a torch device, the model takes the batches as
+        tensors on that device (where the images were perturbed: no host round trip)."""
         self.model = model
+        self.device = device
         self.batch_size = check_batch_size(batch_size)
         self.calls = 0
         self.n_classes: int | None = None
@@ -363,7 +366,10 @@ class BatchRunner:
         return prob, top1
 
     def _run(self, x: Tensor, cls: Tensor) -> None:
-        batch = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        if self.device is not None:
+            batch = x.to(self.device, torch.float32).contiguous()
+        else:
+            batch = np.ascontiguousarray(x.numpy(), dtype=np.float32)
         out = self.model(batch)
         self.calls += 1
         logits = out.detach().cpu().numpy() if isinstance(out, Tensor) else np.asarray(out)
@@ -389,13 +395,24 @@ class BatchRunner:
         self._top1.append(top1.astype(np.int64))
 
 
-def predict(model: ModelFn, x_norm: Tensor, batch_size: int, classes: Tensor | None = None) -> tuple[np.ndarray, ...]:
+def model_device(model: Any) -> torch.device | None:
+    """The CUDA device a torch module's parameters are on, else None (NumPy batches on the host)."""
+    params = getattr(model, "parameters", None)
+    if params is None:
+        return None
+    first = next(iter(params()), None)
+    return first.device if first is not None and first.device.type == "cuda" else None
+
+
+def predict(
+    model: ModelFn, x_norm: Tensor, batch_size: int, classes: Tensor | None = None, device: torch.device | None = None
+) -> tuple[np.ndarray, ...]:
     """Probabilities of ``classes`` (or of the predicted class when None) and the top-1 class, batched.
 
     Returns:
         (probability (N,) float64, top-1 class (N,) int64, the class scored (N,) int64, model calls).
     """
-    runner = BatchRunner(model, batch_size)
+    runner = BatchRunner(model, batch_size, device)
     runner.add(x_norm, classes if classes is not None else -1)
     prob, top1 = runner.finish()
     scored = classes.numpy() if classes is not None else top1

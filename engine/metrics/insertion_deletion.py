@@ -31,6 +31,11 @@ together (``keio``).
 upsampled map is min-max scaled and cut into ``L`` equal bins, ``q = min(floor(L * (s - min) / (max - min)), L - 1)``
 (a constant map becomes all 0), as a heat map with ``L`` colours would show it; with ``keio``'s ties-together rule the
 pixels of one level then enter together. ``params["quantize_levels"]`` records it (None: not quantised).
+
+Steps with the same count perturb the image identically, so each curve evaluates the model once per distinct count
+and gives every nominal step the probability of its count (``keio`` with 8 levels: at most 9 distinct counts of its
+101 steps). The curves are those of one evaluation per step, for any model whose output for an image does not
+depend on the other images of its batch; ``params["perturbed_images"]`` records how many images were evaluated.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from .base import (
     check_preset,
     check_targets,
     make_result,
+    model_device,
     normalise,
     predict,
 )
@@ -172,6 +178,7 @@ def insertion_deletion(
     modes: Sequence[str] = ("insertion", "deletion"),
     model_kind: str | None = None,
     quantize_levels: int | None = None,
+    device: str | torch.device | None = None,
 ) -> dict[str, MetricResult]:
     """Insertion and/or deletion AUC per image, and the ID score when both are computed.
 
@@ -189,6 +196,10 @@ def insertion_deletion(
             (this metric perturbs both kinds the same way).
         quantize_levels: quantise each upsampled map into this many levels before ranking (see the module
             docstring); None (default): rank the map as it is.
+        device: where the perturbed images are made and handed to the model. None (default): the CUDA device of a
+            torch ``model`` whose parameters are there (the perturbations then run on the GPU, by the CUDA kernels
+            once ``engine.ops._ext.load_cuda()`` built them, else by their torch references), otherwise the host
+            with NumPy batches. A device given (``"cuda"``, ``"cpu"``): the model gets torch tensors on it.
 
     Returns:
         ``{"insertion": ..., "deletion": ..., "id": ...}`` (only the requested ones; "id" needs both), each with the
@@ -202,6 +213,7 @@ def insertion_deletion(
         isinstance(quantize_levels, bool) or not isinstance(quantize_levels, int) or quantize_levels < 2
     ):
         raise InputError(f"quantize_levels must be an int >= 2 (e.g. 8) or None, got {quantize_levels!r}.")
+    dev = torch.device(device) if device is not None else model_device(model)
     ci = check_inputs(images, saliency, mean, std, batch_size, model_kind)
     raw, sal, m, s, batch_size = ci.raw, ci.saliency, ci.mean, ci.std, ci.batch_size
     if quantize_levels is not None:
@@ -213,7 +225,7 @@ def insertion_deletion(
 
     calls = 0
     if p["class"] == "predicted" or (p["class"] == "target_or_predicted" and tgt is None):
-        _, _, classes_np, calls = predict(model, x_norm, batch_size)
+        _, _, classes_np, calls = predict(model, x_norm, batch_size, device=dev)
         classes = torch.from_numpy(classes_np)
     else:
         assert tgt is not None
@@ -229,23 +241,35 @@ def insertion_deletion(
     else:
         baselines["insertion"] = baselines["deletion"] = black.expand(n, c, h, w)
 
-    runner = BatchRunner(model, batch_size)
+    if dev is not None:  # perturb where the model runs
+        x_norm = x_norm.to(dev)
+        baselines = {k: v.to(dev) for k, v in baselines.items()}
+    runner = BatchRunner(model, batch_size, dev)
     chunk = max(1, batch_size)
+    # Equal counts give the identical perturbed image (with ties entering together, e.g. keio on a quantised map,
+    # most nominal steps repeat a count), so each curve queries the model once per distinct count and every nominal
+    # step takes the probability of its count: the curve is the same, with fewer model calls.
+    where: list[np.ndarray] = []  # per (mode, image): the runner's output index of each nominal step
+    queued = 0
     for mode in modes:
         for i in range(n):
-            rank = ops.saliency_rank(sal[i].contiguous()).reshape(-1)
+            rank = ops.saliency_rank(sal[i].to(x_norm.device).contiguous()).reshape(-1)
             counts = _tie_counts(sal[i], nominal) if p["ties"] == "together" else nominal
-            counts_t = torch.from_numpy(counts)
+            distinct, inverse = np.unique(counts, return_inverse=True)
+            where.append(queued + inverse.reshape(-1))
+            queued += len(distinct)
+            counts_t = torch.from_numpy(distinct).to(x_norm.device)
             base = baselines[mode][i].contiguous()
-            for j in range(0, len(counts), chunk):
+            for j in range(0, len(distinct), chunk):
                 stack = ops.perturb_from_rank(x_norm[i], rank, base, counts_t[j : j + chunk], mode)
                 runner.add(stack, int(classes[i]))
     probs, _ = runner.finish()
     calls += runner.calls
-    curves = probs.reshape(len(modes), n, len(nominal))
+    curves = probs[np.stack(where)].reshape(len(modes), n, len(nominal))
 
     x = torch.from_numpy(nominal.astype(np.float64) / hw)
     params = {**_COMMON, **p, "n_points": len(nominal), "batch_size": batch_size, "model_calls": calls}
+    params["perturbed_images"] = queued  # the distinct steps evaluated, all curves together
     params["quantize_levels"] = quantize_levels
     if tgt is not None and preset == "rise":
         params["targets"] = "ignored (rise scores the predicted class)"

@@ -124,3 +124,107 @@ def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_images(quali
     assert abs((hi_l - lo_l) - 2 * 1.96 / np.sqrt(2000)) < 0.02  # the normal-theory width
     assert quality.bootstrap_ci(small) == (lo_s, hi_s)  # seeded
     assert all(np.isnan(quality.bootstrap_ci(np.array([np.nan]))))
+
+
+def test_metric_jobs_take_options_that_reach_the_metric_and_its_params(quality):
+    from engine.errors import EngineError
+
+    assert quality.parse_jobs("id:keio:quantize_levels=8,ad_ic:tame, road") == [
+        ("id", "keio", {"quantize_levels": 8}),
+        ("ad_ic", "tame", {}),
+        ("road", "default", {}),
+    ]
+    assert quality.parse_jobs("id:keio:quantize_levels=8:x=abc")[0][2] == {"quantize_levels": 8, "x": "abc"}
+    assert quality.options_text({"quantize_levels": 8, "x": "abc"}) == "quantize_levels=8,x=abc"
+    with pytest.raises(EngineError, match="KEY=VALUE"):
+        quality.parse_jobs("id:keio:8")
+    # the same metric with and without an option: two rows, not one
+    row = {"dataset": "d", "model": "m", "method": "a", "metric": "id", "preset": "keio"}
+    assert len(quality.unique_rows([{**row, "options": ""}, {**row, "options": "quantize_levels=8"}])) == 2
+    assert len(quality.unique_rows([{**row, "options": ""}, {**row}])) == 1
+
+
+def test_captum_lrp_refusal_names_captum_error_and_every_module_without_a_rule():
+    pytest.importorskip("captum")
+    import numpy as np
+    import torch
+    from torch import nn
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from peers_captum import captum_lrp_maps, refusal_record
+
+    from engine.errors import UnsupportedModelError
+
+    class Adapter:  # what the baselines read of a BackboneAdapter
+        library, name = "toy", "net"
+
+        def __init__(self, model):
+            self.model = model
+
+    def net(*middle):
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), *middle, nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(4, 2)
+        )
+
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    refused = Adapter(net(nn.ReLU6(), nn.Identity()))
+    with pytest.raises(UnsupportedModelError, match="captum .* LRP refuses toy/net") as err:
+        captum_lrp_maps(refused, x, np.array([0, 1]))
+    record = refusal_record(refused, err.value)
+    assert record["error"].startswith("TypeError: Module of type")
+    assert {k.rsplit(".", 1)[1]: v["first"] for k, v in record["unsupported_leaf_modules"].items()} == {
+        "ReLU6": ["1"],
+        "Identity": ["2"],
+        "Flatten": ["4"],
+    }
+
+    # a model captum accepts gives one map per image in [0, 1], and captum's rules are not left on the modules
+    class Small(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu, self.pool, self.fc = (
+                nn.Conv2d(3, 4, 3, padding=1),
+                nn.ReLU(),
+                nn.AvgPool2d(8),
+                nn.Linear(4, 2),
+            )
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.pool(self.relu(self.conv(t))).flatten(1))
+
+    accepted = Adapter(Small())
+    maps = captum_lrp_maps(accepted, x, np.array([0, 1]))
+    assert maps.shape == (2, 8, 8) and maps.min() >= 0 and maps.max() <= 1
+    assert not any(hasattr(m, "rule") for m in accepted.model.modules())
+
+
+def test_one_pixel_control_is_one_seeded_pixel_per_image_in_any_batch(quality):
+    import numpy as np
+
+    x = np.random.default_rng(3).normal(size=(5, 3, 16, 16)).astype(np.float32)
+    maps = quality.one_pixel_maps(x)
+    assert maps.shape == (5, 16, 16) and maps.dtype == np.float32
+    assert (np.count_nonzero(maps.reshape(5, -1), axis=1) == 1).all() and maps.max() == 1.0
+    np.testing.assert_array_equal(np.concatenate([quality.one_pixel_maps(x[:2]), quality.one_pixel_maps(x[2:])]), maps)
+    assert len({int(m.argmax()) for m in maps}) > 1  # placed per image, not one place for all
+
+
+def test_map_sheet_draws_an_image_column_and_one_column_per_method():
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from overlays import LABEL_H, map_sheet
+
+    images = [Image.new("RGB", (40, 30), (200, 10, 10)), Image.new("RGB", (30, 40), (10, 200, 10))]
+    spiky = np.zeros((2, 8, 8), np.float32)
+    spiky[:, 0, 0] = 100.0
+    spiky[:, 4:, :] = 1.0
+    maps = {"a": np.random.default_rng(0).random((2, 7, 7)), "b": np.zeros((2, 7, 7)), "spiky": spiky}
+    sheet = map_sheet(images, maps, ["red", "green"], tile=32)
+    assert sheet.size == (32 * 4, 2 * (32 + LABEL_H))
+    plain = np.asarray(map_sheet(images, {"spiky": spiky}, tile=32), dtype=np.float64)
+    clipped = np.asarray(map_sheet(images, {"spiky": spiky}, tile=32, upper_percentile=90), dtype=np.float64)
+    # one extreme pixel leaves the rest dark (blue) unless the display scale is clipped at a percentile
+    lower_half = (slice(LABEL_H + 20, LABEL_H + 32), slice(32, 64))
+    assert clipped[lower_half][..., 0].mean() > plain[lower_half][..., 0].mean() + 50

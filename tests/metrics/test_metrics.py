@@ -27,6 +27,7 @@ from engine.metrics import (
     results_to_rows,
     road,
 )
+from engine.metrics.base import softmax64
 from engine.metrics.insertion_deletion import rise_kernel
 from engine.metrics.road import removal_mask
 
@@ -596,3 +597,64 @@ def test_keio_quantized_levels_enter_together_by_hand():
     for bad in (0, 1, 2.5, True):
         with pytest.raises(InputError, match="quantize_levels"):
             id_score(model, raw, sal, quantize_levels=bad, **kwargs)
+
+
+def test_keio_evaluates_each_distinct_count_once_and_matches_brute_force():
+    # Equal tie-aware counts give the identical perturbed image, so the metric queries the model once per distinct
+    # count per curve. Brute force: one perturbed image per nominal step, built here from the thresholds by hand,
+    # each through the model alone. The curves must be bit-identical, with far fewer images evaluated.
+    rng = np.random.default_rng(7)
+    n, c, h, w = 3, 3, 48, 48  # 2304 px: nominal counts 0, 500, ..., 2000, 2304 (6 steps)
+    raw = rng.random((n, c, h, w)).astype(np.float32)
+    sal = np.stack(
+        [
+            rng.integers(0, 3, (h, w)).astype(np.float32),  # 3 values: many steps repeat a count
+            rng.random((h, w)).astype(np.float32),  # continuous: 8 levels after quantisation
+            np.full((h, w), 0.3, np.float32),  # constant: everything in at the first step
+        ]
+    )
+    wvec = rng.normal(size=c * h * w) / (c * h * w) ** 0.5
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    targets = [1, 0, 1]
+
+    def per_image(x: np.ndarray) -> np.ndarray:  # each image alone: no dependence on the batch
+        return np.concatenate([two_class_linear(wvec)(x[i : i + 1]) for i in range(len(x))])
+
+    m32 = np.asarray(mean, np.float32).reshape(c, 1, 1)
+    s32 = np.asarray(std, np.float32).reshape(c, 1, 1)
+    x_norm = (raw - m32) / s32
+    black = np.broadcast_to((np.float32(0) - m32) / s32, (c, h, w))
+    nominal = [0, 500, 1000, 1500, 2000, 2304]
+
+    def quantized(maps: np.ndarray, levels: int) -> np.ndarray:  # the documented rule, per map
+        out = np.zeros_like(maps)
+        for i, m in enumerate(maps.astype(np.float64)):
+            span = m.max() - m.min()
+            out[i] = 0 if span == 0 else np.minimum(np.floor((m - m.min()) / span * levels), levels - 1)
+        return out
+
+    for levels in (None, 8):
+        model = CountingModel(per_image)
+        res = id_score(
+            model, raw, sal, mean=mean, std=std, preset="keio", targets=targets, quantize_levels=levels, batch_size=4
+        )
+        q = sal if levels is None else quantized(sal, levels)
+        distinct = 0
+        for mode in ("insertion", "deletion"):
+            brute = np.zeros((n, len(nominal)))
+            for i in range(n):
+                flat = q[i].reshape(-1)
+                counts = set()
+                for j, k in enumerate(nominal):
+                    mask = flat >= np.sort(flat)[::-1][k - 1] if k > 0 else np.zeros(h * w, bool)
+                    counts.add(int(mask.sum()))
+                    mask = mask.reshape(h, w)
+                    inside = mask if mode == "insertion" else ~mask
+                    img = np.where(inside, x_norm[i], black).astype(np.float32)
+                    logits = per_image(img[None])
+                    brute[i, j] = softmax64(logits)[0, targets[i]]
+                distinct += len(counts)
+            np.testing.assert_array_equal(res[mode].curves, brute)
+            assert res[mode].value == pytest.approx(np.trapezoid(brute, np.array(nominal) / (h * w)).mean(), abs=1e-12)
+        assert sum(model.sizes) == res["id"].params["perturbed_images"] == distinct < 2 * n * len(nominal)
+        assert res["id"].params["n_points"] == len(nominal)

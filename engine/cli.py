@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import EngineError
+from .errors import EngineError, InputError
 from .preprocess.decode import IMAGE_SUFFIXES as IMAGE_SUFFIXES
 from .preprocess.decode import split_image_files
 
@@ -262,9 +262,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_artifact
 
     formats = (args.format,)
+    if args.calib is not None and args.precision != "int8":
+        raise InputError(f"--calib picks the photos int8 calibrates on; with --precision {args.precision} drop it.")
     with tempfile.TemporaryDirectory(prefix="xai-ckpt-") as tmp:
-        art = export_artifact(resolve_ckpt(args.ckpt, tmp), args.out, formats)
-    print(f"exported {art.path}: {', '.join(sorted(art.manifest['files']))}")
+        art = export_artifact(
+            resolve_ckpt(args.ckpt, tmp),
+            args.out,
+            formats,
+            precision=args.precision,
+            calib=args.calib,
+            calib_count=args.calib_count,
+            seed=args.calib_seed,
+        )
+    print(f"exported {art.path} ({art.precision}): {', '.join(sorted(art.manifest['files']))}")
     return 0
 
 
@@ -364,6 +374,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .backends.registry import BACKENDS, all_devices, all_precisions, export_formats
+    from .precision import GRAPH_PRECISIONS
     from .serve import DEFAULT_MAX_BYTES
 
     parser = argparse.ArgumentParser(prog="xai-engine", description=__doc__)
@@ -449,6 +460,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(export_formats()),
         help="what to write; a format converted from another (openvino from onnx) writes both",
     )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=list(GRAPH_PRECISIONS),
+        help="the precision written into model.onnx (--format onnx): fp16 (casts; LayerNorm, Softmax and the map's "
+        "normalisation stay fp32) or int8 (Q/DQ, calibrated on --calib photos); default fp32",
+    )
+    p.add_argument(
+        "--calib",
+        default=None,
+        metavar="DIR",
+        help="int8: folder of photos to calibrate on (searched recursively; default ../shared/data/imagenet-sample)",
+    )
+    p.add_argument("--calib-count", type=int, default=64, help="int8: photos to calibrate on, a seeded subset (0: all)")
+    p.add_argument("--calib-seed", type=int, default=0, help="int8: seed that picks the calibration subset")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
 

@@ -1,6 +1,8 @@
 """Export CKPT (an artifact folder, 'default', or METHOD:LIBRARY/NAME) to a new artifact folder with model.onnx.
 
 python export/to_onnx.py CKPT --out DIR
+python export/to_onnx.py CKPT --out DIR --precision fp16
+python export/to_onnx.py CKPT --out DIR --precision int8 [--calib PHOTO_DIR] [--calib-count 64]
 """
 
 import sys

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..artifact import ONNX
-from ..errors import EngineError
+from ..errors import EngineError, InputError
 from .base import Backend, temporary_dir
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -125,12 +125,31 @@ class OnnxRuntimeBackend(Backend):
             )
         self.device = "cuda" if on_gpu else "cpu"
         self.source_name = source.name
+        self._check_precision(self.session.get_modelmeta().custom_metadata_map, source.name)
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
         self._learn_io(list(inputs), list(inputs["image"].shape), list(outputs["logits"].shape))
         self._outputs = ["logits", "saliency"] if self.explains else ["logits"]
         if on_gpu:
             self._check_placement()
+
+    def _check_precision(self, metadata: dict[str, str], source_name: str) -> None:
+        """ONNX Runtime runs a graph in the precision written into it (fp16 casts, int8 Q/DQ): the precision asked for
+        must be that one, and ``effective_precision`` says it."""
+        from ..precision import PRECISION_KEY  # light: numpy only
+
+        if self.artifact is not None:
+            graph = self.artifact.precision
+        else:
+            graph = metadata.get(PRECISION_KEY) or "fp32"
+        if self.precision != graph:
+            raise InputError(
+                f"{source_name} holds an {graph} graph, and ONNX Runtime runs a graph in the precision written into "
+                f"it; precision={self.precision!r} was asked for. Load it with precision={graph!r} (or leave precision "
+                f"unset: the artifact's own), or export it in {self.precision}: xai-engine export CKPT --format onnx "
+                f"--precision {self.precision} --out DIR"
+            )
+        self.effective_precision = graph
 
     def _check_placement(self) -> None:
         """One profiled warm-up call: which provider ran which nodes; CPU compute nodes warn (or fail)."""

@@ -21,11 +21,11 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..artifact import ONNX, OPENVINO_XML
-from ..errors import EngineError
+from ..errors import EngineError, InputError
 from .base import Backend, temporary_dir
 
-_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-_OUR_PRECISION = {v: k for k, v in _OV_PRECISION.items()}
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}  # int8: the graph's Q/DQ nodes
+_OUR_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}  # the compiled hint, back in our names
 
 
 def _dims(port) -> list[int | None]:
@@ -95,6 +95,14 @@ class OpenVINOBackend(Backend):
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         self.effective_precision = _OUR_PRECISION.get(hint, hint)
+        if self.precision == "int8":  # the Q/DQ graph computes its convolutions and products in int8
+            if self.artifact is not None and self.artifact.precision != "int8":
+                raise InputError(
+                    f"precision='int8' needs an int8 graph (Q/DQ nodes), and artifact {self.artifact.name!r} holds "
+                    f"{self.artifact.precision}: export one with xai-engine export CKPT --format onnx --precision "
+                    "int8 --calib PHOTOS --out DIR"
+                )
+            self.effective_precision = "int8"
 
     def _run_impl(self, images: np.ndarray, targets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         with self._requests.request() as request:

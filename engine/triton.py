@@ -469,6 +469,13 @@ def write_triton_repository(
     missing = [f for f in spec.files if not artifact.has(f)]
     if missing:
         raise TritonConfigError(_missing_message(artifact, spec, missing))
+    plan_batch = (artifact.manifest.get("tensorrt") or {}).get("max_batch") if spec.name == "tensorrt" else None
+    if plan_batch is not None and max_batch_size > int(plan_batch):
+        raise TritonConfigError(
+            f"--max-batch {max_batch_size} is above the plan's largest batch ({plan_batch}, its optimisation "
+            f"profile): Triton would fail to load it. Use --max-batch {plan_batch}, or rebuild the plan with "
+            f"`python {TRT_SCRIPT} CKPT --max-batch {max_batch_size}`."
+        )
     io = _artifact_io(artifact, spec)
     text = render_config(
         artifact,

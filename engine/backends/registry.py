@@ -103,7 +103,7 @@ BACKENDS: dict[str, BackendSpec] = {
             build="engine.export:onnx_from_module",
             versions=("onnx",),
             script="export/to_onnx.py",
-            precisions=("fp32",),
+            precisions=("fp32", "fp16", "int8"),  # fp16 / int8: the precision is in the graph (export --precision)
             devices=("cpu", "cuda"),
             auto_rank=20,
             cuda_probe="engine.backends.gpu:onnxruntime_cuda_usable",
@@ -120,9 +120,24 @@ BACKENDS: dict[str, BackendSpec] = {
             build_from="onnx",
             versions=("openvino",),
             script="export/to_openvino.py",
-            precisions=("fp32", "bf16", "fp16"),
+            precisions=("fp32", "bf16", "fp16", "int8"),
             devices=("cpu",),
             auto_rank=10,
+        ),
+        # TensorRT: runs a plan built on the GPU machine by export/to_trt.py (no `export --format`: a plan needs
+        # TensorRT and the GPU it runs on); tensorrt-cu12 on CUDA 12 machines, both from NVIDIA's index
+        BackendSpec(
+            name="tensorrt",
+            cls="engine.backends.tensorrt_:TensorRTBackend",
+            package="tensorrt",
+            extra="tensorrt-cu13",
+            reads=("model.plan",),
+            writes=("model.plan",),
+            script="export/to_trt.py",
+            precisions=("fp32", "fp16", "int8"),
+            devices=("cuda",),
+            auto_rank=5,
+            cuda_probe="engine.backends.gpu:tensorrt_usable",
         ),
     )
 }

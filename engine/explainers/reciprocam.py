@@ -60,7 +60,9 @@ def _saliency(logits_all: Tensor, target: Tensor, grid: tuple[int, int]) -> tupl
     t = resolve_target(logits, target)
     probs = logits_all[:, 1:].softmax(dim=-1)
     b, n, _ = probs.shape
-    scores = probs.gather(-1, t.view(b, 1, 1).expand(b, n, 1)).squeeze(-1)
+    # [..., 0], not .squeeze(-1): with a dynamic batch the exporter cannot see that size and writes an If whose
+    # branches (squeezed, not squeezed) differ in rank, which TensorRT's ONNX parser rejects (engine/trt_gate.py)
+    scores = probs.gather(-1, t.view(b, 1, 1).expand(b, n, 1))[..., 0]
     return logits, minmax(scores).reshape(b, grid[0], grid[1])
 
 

@@ -10,7 +10,8 @@
 #      isolation; PYTHONPATH as the fallback), and record nvidia-smi, torch and the Python packages;
 #   2. pytest -m gpu: the CUDA kernels (built just in time for this GPU) against their torch references, CUDA graphs
 #      and autocast against eager float32, ONNX Runtime-CUDA's placement, TensorRT where installed;
-#   3. the GPU latency benchmark (benchmarks/latency.py --device cuda);
+#   3. the CUDA kernels against their torch references, timed (benchmarks/kernels.py --device cuda);
+#   4. the GPU latency benchmark (benchmarks/latency.py --device cuda);
 # and leaves everything in OUT_DIR: gpu.txt, packages.txt, pytest-gpu.txt/.xml, latency-gpu.json/.csv, steps.txt.
 #
 # Size: the device tool carries at most 64 MiB with the working tree, and the tracked tree is about 54 MB, so the
@@ -60,9 +61,10 @@ export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 "$py" -m pip list --format=freeze > "$out/packages.txt" 2>&1
 
 # (output through process substitution, not a pipe: step must run in this shell to keep the status)
-step pytest-gpu 240 "$py" -m pytest -m gpu -q -p no:cacheprovider -rs tests/ --junitxml "$out/pytest-gpu.xml" \
+step pytest-gpu 200 "$py" -m pytest -m gpu -q -p no:cacheprovider -rs tests/ --junitxml "$out/pytest-gpu.xml" \
     > >(tee "$out/pytest-gpu.txt") 2>&1
-step latency-gpu 240 "$py" benchmarks/latency.py --device cuda --repeats 30 --warmup 5 --reference-repeats 3 \
+step kernels-cuda 60 "$py" benchmarks/kernels.py --device cuda --out-dir "$out" > >(tee "$out/kernels-cuda.txt") 2>&1
+step latency-gpu 200 "$py" benchmarks/latency.py --device cuda --repeats 30 --warmup 5 --reference-repeats 3 \
     --out "$out" > >(tee "$out/latency-gpu.txt") 2>&1
 echo "total seconds=$(( $(date +%s) - start )) status=$status" | tee -a "$out/steps.txt"
 exit $status

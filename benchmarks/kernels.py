@@ -26,6 +26,8 @@ Usage::
     python benchmarks/kernels.py --quick          # 3 repeats, B = 1, 2
     python benchmarks/kernels.py --threads 1 --skip-eval   # kernel rows without thread contention
     python benchmarks/kernels.py --skip-eval      # kernel rows only
+    python benchmarks/kernels.py --device cuda    # the CUDA kernels (cpp_ext/cuda/, built now) against the torch
+                                                  # references on the GPU: kernels-cuda.json / .csv, no evaluation
 """
 
 from __future__ import annotations
@@ -65,20 +67,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-eval", action="store_true", help="kernel rows only (no EfficientNet-Lite0 evaluation)")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 repeats, B = 1, 2, one evaluation each")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where kernels.json / kernels.csv go")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the CUDA kernels on the GPU")
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.batches = 3, "1,2"
     return args
 
 
+SYNC: Callable[[], None] = lambda: None  # noqa: E731 - torch.cuda.synchronize with --device cuda
+
+
 def time_pair(kernel: Callable[[], Any], ref: Callable[[], Any], repeats: int) -> tuple[float, float]:
     """Median ms of ``kernel`` and ``ref``, called alternately (one warm-up each) so drift hits both alike."""
     kernel(), ref()
+    SYNC()
     tk, tr = [], []
     for _ in range(repeats):
         for fn, acc in ((kernel, tk), (ref, tr)):
             start = time.perf_counter()
             fn()
+            SYNC()
             acc.append((time.perf_counter() - start) * 1e3)
     return statistics.median(tk), statistics.median(tr)
 
@@ -112,25 +120,26 @@ def kernel_rows(ext: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
 
     rows: list[dict[str, Any]] = []
     g = torch.Generator().manual_seed(0)
+    dev = torch.device(args.device)
     n = 197
-    masks = (torch.rand(n, n, generator=g) > 0.5).float()
+    masks = (torch.rand(n, n, generator=g) > 0.5).float().to(dev)
     for b in (int(v) for v in args.batches.split(",")):
-        tokens = torch.randn(b, 197, 768, generator=g)
+        tokens = torch.randn(b, 197, 768, generator=g).to(dev)
         exact = bitwise_equal(ext.mask_tokens(tokens, masks), reference.mask_tokens(tokens, masks))
         tk, tr = time_pair(lambda t=tokens: ext.mask_tokens(t, masks), lambda t=tokens: reference.mask_tokens(t, masks),
                            args.repeats)  # fmt: skip
         rows.append(record("mask_tokens", f"B={b} T=197 D=768 N={n}", tk, tr, exact, args.repeats))
         print(f"  mask_tokens B={b}: {tk:.1f} ms vs {tr:.1f} ms", flush=True)
 
-    image = torch.randn(1, 3, 224, 224, generator=g)
+    image = torch.randn(1, 3, 224, 224, generator=g).to(dev)
     baseline = torch.zeros_like(image)
-    saliency = smooth_saliency(224, 224)[None]
+    saliency = smooth_saliency(224, 224)[None].to(dev)
     exact = bitwise_equal(ext.saliency_rank(saliency), reference.saliency_rank(saliency))
     tk, tr = time_pair(lambda: ext.saliency_rank(saliency), lambda: reference.saliency_rank(saliency), args.repeats)
     rows.append(record("saliency_rank", "224x224", tk, tr, exact, args.repeats))
     hw = 224 * 224
     for s in (int(v) for v in args.steps.split(",")):
-        counts = torch.linspace(0, hw, s).round().long()
+        counts = torch.linspace(0, hw, s).round().long().to(dev)
 
         def run_kernel(c: Tensor = counts) -> Tensor:
             return ext.perturb_from_rank(image, ext.saliency_rank(saliency), baseline, c, True)
@@ -143,7 +152,7 @@ def kernel_rows(ext: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
         rows.append(record("perturb (rank + insertion)", f"3x224x224 S={s}", tk, tr, exact, args.repeats))
         print(f"  perturb S={s}: {tk:.1f} ms vs {tr:.1f} ms", flush=True)
 
-    scores = torch.rand(1000, 225, generator=g)
+    scores = torch.rand(1000, 225, generator=g).to(dev)
     diff = (ext.auc(scores, None, 0) - reference.auc(scores, None, "trapezoid")).abs().max().item()
     tk, tr = time_pair(lambda: ext.auc(scores, None, 0), lambda: reference.auc(scores, None, "trapezoid"), args.repeats)
     rows.append(record("auc (trapezoid)", "N=1000 S=225", tk, tr, diff <= 1e-6, args.repeats))
@@ -250,6 +259,23 @@ def main(argv: list[str] | None = None) -> int:
     from engine.ops import _ext
 
     t0 = time.perf_counter()
+    if args.device == "cuda":
+        global SYNC
+        if not torch.cuda.is_available():
+            print("--device cuda needs torch with CUDA and a GPU.", file=sys.stderr)
+            return 2
+        from engine.report import write_csv, write_json
+
+        SYNC = torch.cuda.synchronize
+        ext = _ext.load_cuda()  # builds cpp_ext/cuda/ for this GPU (minutes cold)
+        print(f"CUDA kernels built/loaded in {time.perf_counter() - t0:.1f} s on {torch.cuda.get_device_name()}")
+        rows = kernel_rows(ext, args)
+        print_table(rows)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        payload = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
+        write_json(args.out_dir / "kernels-cuda.json", payload)
+        write_csv(args.out_dir / "kernels-cuda.csv", rows, RECORD_KEYS)
+        return 0 if all(r["exact"] for r in rows) else 1
     backend = ops.backend_name()
     load_s = time.perf_counter() - t0
     if backend != "cpp":

@@ -173,45 +173,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from . import serve
 
-    url = serve.start(
-        args.artifact,
-        host=args.host,
-        port=args.port,
-        ray_address=None if args.ray == "local" else args.ray,
-        replicas=args.replicas,
-        max_batch=args.max_batch,
-        batch_wait_ms=args.batch_wait_ms,
-        cpus_per_replica=args.cpus_per_replica,
-        gpus_per_replica=args.gpus_per_replica,
-        backend=args.backend,
-        device=args.device,
-        precision=args.precision,
-        threads=args.threads,
-        max_bytes=args.max_bytes,
-        max_pixels=args.max_pixels if args.max_pixels > 0 else None,
-        resize_mode=args.resize_mode,
-    )
-
     def _terminate(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
-    print(
-        f"serving on {url} with {args.replicas} replica(s), batches of up to {args.max_batch} "
-        f"(waiting up to {args.batch_wait_ms} ms); try:\n"
-        f"  curl --data-binary @examples/golden_retriever.jpg '{url}/explain?saliency=png'\n"
-        f"ready: {url}/readyz   health: {url}/healthz   Ctrl-C stops.",
-        file=sys.stderr,
-        flush=True,
-    )
-    try:
+    serving = False
+    try:  # Ctrl-C (or SIGTERM) at any point, even while the replicas start, stops Serve and the local Ray
+        url = serve.start(
+            args.artifact,
+            host=args.host,
+            port=args.port,
+            ray_address=None if args.ray == "local" else args.ray,
+            replicas=args.replicas,
+            max_batch=args.max_batch,
+            batch_wait_ms=args.batch_wait_ms,
+            cpus_per_replica=args.cpus_per_replica,
+            gpus_per_replica=args.gpus_per_replica,
+            backend=args.backend,
+            device=args.device,
+            precision=args.precision,
+            threads=args.threads,
+            max_bytes=args.max_bytes,
+            max_pixels=args.max_pixels if args.max_pixels > 0 else None,
+            resize_mode=args.resize_mode,
+        )
+        serving = True
+        print(
+            f"serving on {url} with {args.replicas} replica(s), batches of up to {args.max_batch} "
+            f"(waiting up to {args.batch_wait_ms} ms); try:\n"
+            f"  curl --data-binary @examples/golden_retriever.jpg '{url}/explain?saliency=png'\n"
+            f"ready: {url}/readyz   health: {url}/healthz   Ctrl-C stops.",
+            file=sys.stderr,
+            flush=True,
+        )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("stopping", file=sys.stderr, flush=True)
+        print("stopping" if serving else "interrupted while starting; stopping", file=sys.stderr, flush=True)
     finally:
         serve.stop()
-    return 0
+    return 0 if serving else 130
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:

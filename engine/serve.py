@@ -427,6 +427,8 @@ def build_app(
         max_ongoing_requests=max(2 * max_batch, 16),
         ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica},
         health_check_period_s=10,
+        graceful_shutdown_timeout_s=10,  # requests take a second at most: a stop need not wait Serve's default 20 s
+        graceful_shutdown_wait_loop_s=0.5,
     )
     return deployment.bind()
 
@@ -456,11 +458,15 @@ def start(
     return f"http://{shown}:{port}{route_prefix.rstrip('/')}"
 
 
-def stop(shutdown_ray: bool = True) -> None:
-    """Stop Ray Serve (and the Ray this process started)."""
+def stop(shutdown_ray: bool = True, timeout_s: float = 30.0) -> None:
+    """Stop Ray Serve (and the Ray this process started). Serve's own shutdown is given ``timeout_s``; a local Ray
+    is then shut down whatever it did (which ends the replicas and the proxy with it), so a stop is bounded."""
     ray, serve = _require_serve()
     with _lock:
-        if ray.is_initialized():
-            serve.shutdown()
-            if shutdown_ray:
-                ray.shutdown()
+        if not ray.is_initialized():
+            return
+        done = threading.Thread(target=serve.shutdown, name="xai-engine-serve-shutdown", daemon=True)
+        done.start()
+        done.join(timeout_s)
+        if shutdown_ray:
+            ray.shutdown()

@@ -170,12 +170,14 @@ def test_ray_serve_round_trip_through_the_cli(engine, example_images, tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
+        # ready = the CLI says it serves (serve.run has returned) and the replica answers /readyz
         while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if _request(f"{url}/readyz")[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
-                pass
+            if "serving on" in Path(log.name).read_text():
+                try:
+                    if _request(f"{url}/readyz")[0] == 200:
+                        break
+                except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+                    pass
             time.sleep(0.5)
         assert proc.poll() is None, Path(log.name).read_text()[-3000:]
         assert _request(f"{url}/healthz") == (200, {"status": "ok"})
@@ -198,7 +200,7 @@ def test_ray_serve_round_trip_through_the_cli(engine, example_images, tmp_path):
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             try:
-                proc.wait(timeout=90)
+                proc.wait(timeout=120)  # engine.serve.stop() is bounded: Serve gets 30 s, then Ray is shut down
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)

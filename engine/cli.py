@@ -176,6 +176,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def _terminate(signum, frame):
         raise KeyboardInterrupt
 
+    # Ctrl-C must stop a server even where it was started with SIGINT ignored (a background job of a script), and
+    # SIGTERM (what a service manager sends) stops it the same way
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     serving = False
     try:  # Ctrl-C (or SIGTERM) at any point, even while the replicas start, stops Serve and the local Ray
@@ -198,6 +201,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             resize_mode=args.resize_mode,
         )
         serving = True
+        signal.signal(signal.SIGTERM, _terminate)  # ray.init installed its own (sys.exit) meanwhile
         print(
             f"serving on {url} with {args.replicas} replica(s), batches of up to {args.max_batch} "
             f"(waiting up to {args.batch_wait_ms} ms); try:\n"

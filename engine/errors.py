@@ -8,7 +8,18 @@ class EngineError(Exception):
 
 
 class ImageDecodeError(EngineError, ValueError):
-    """An image could not be read: empty, truncated, not an image, too large, or of an unsupported layout."""
+    """An image could not be read: empty, truncated, not an image, too large, or of an unsupported layout.
+
+    ``too_large`` is True when the image has more pixels than the decoder allows (``max_pixels``, or Pillow's own hard
+    limit): the caller's limit, not a broken file (``xai-engine serve`` answers it with 413).
+    """
+
+    def __init__(self, message: str, *, too_large: bool = False):
+        super().__init__(message)
+        self.too_large = too_large
+
+    def __reduce__(self):  # keeps too_large across processes (Ray workers, multiprocessing)
+        return (type(self), self.args, {"too_large": self.too_large})
 
 
 class InputError(EngineError, ValueError):

@@ -84,9 +84,8 @@ class HTTPError(Exception):
 
 def _http_error(e: EngineError) -> HTTPError:
     """The engine's own error as a 4xx: too large (pixels) -> 413, anything else the client sent -> 400."""
-    text = str(e)
-    too_large = isinstance(e, ImageDecodeError) and ("decompression-bomb" in text or "hard limit" in text)
-    return HTTPError(413 if too_large else 400, text, type(e).__name__)
+    too_large = isinstance(e, ImageDecodeError) and e.too_large
+    return HTTPError(413 if too_large else 400, str(e), type(e).__name__)
 
 
 # --------------------------------------------------------------------------------------------------------------------

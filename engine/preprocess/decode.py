@@ -190,7 +190,8 @@ def _check_pixels(size: tuple[int, int], max_pixels: int | None, what: str) -> N
         raise ImageDecodeError(
             f"{_cap(what)} is {width}x{height} = {width * height:,} pixels, more than the limit of {max_pixels:,} "
             "pixels (decompression-bomb guard). If you trust the file, raise the limit with "
-            f"load_image(..., max_pixels={width * height}) (CLI: --max-pixels {width * height}), or downscale it."
+            f"load_image(..., max_pixels={width * height}) (CLI: --max-pixels {width * height}), or downscale it.",
+            too_large=True,
         )
 
 
@@ -211,7 +212,7 @@ def _bomb_error(exc: Exception, what: str, max_pixels: int | None) -> ImageDecod
             f"The limit is {limit:,} pixels (decompression-bomb guard). If you trust the file, pass a larger "
             "max_pixels= to load_image (CLI: --max-pixels), or downscale the image."
         )
-    return ImageDecodeError(f"{_cap(what)} has {pixels}. {fix}")
+    return ImageDecodeError(f"{_cap(what)} has {pixels}. {fix}", too_large=True)
 
 
 def _decode(fp: IO[bytes], what: str, max_pixels: int | None, draft: tuple[int, int] | None = None) -> Image.Image:
